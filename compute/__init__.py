@@ -1,0 +1,1 @@
+"""Client-side orchestration of mambapanel work: `python -m compute COMMAND`."""

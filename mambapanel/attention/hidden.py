@@ -1,0 +1,130 @@
+"""Hidden attention of a whole SS2D layer in patch space: every route's step-space matrix
+(from one of three backends) moved to row-major patches and merged, optionally folded
+with the depthwise conv and SiLU gate (``mode="implicit"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mambapanel import orders
+from mambapanel.attention import chunked, reference
+from mambapanel.attention.reference import check_reduce
+from mambapanel.models.vmamba import ScanInputs
+
+Tensor = torch.Tensor
+
+BACKENDS = ("tiled", "reference", "triton")
+MODES = ("ssm", "implicit")
+
+
+def route_backend(name: str) -> Callable[..., Tensor]:
+    """The ``route_attention`` function of a backend: tiled (default), reference, triton."""
+    if name == "tiled":
+        return chunked.route_attention
+    if name == "reference":
+        return reference.route_attention
+    if name == "triton":
+        from mambapanel.attention import triton_kernels  # imports triton: only on request
+
+        if not triton_kernels.available():
+            raise RuntimeError(
+                "backend 'triton' needs a CUDA device, or TRITON_INTERPRET=1 set before "
+                "mambapanel.attention.triton_kernels is first imported (CPU, slow)"
+            )
+        return triton_kernels.route_attention
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+def hidden_attention(
+    inputs: ScanInputs,
+    *,
+    reduce: str | None = "mean",
+    by_route: bool = False,
+    mode: str = "ssm",
+    backend: str = "tiled",
+    dtype: torch.dtype = torch.float32,
+    tile: int | None = None,
+) -> Tensor:
+    """The patch-to-patch attention α[i, j] (query i, key j, both row-major) of one layer.
+
+    Parameters
+    ----------
+    inputs : ScanInputs
+        What the layer's scan read (``SS2D.scan_inputs`` or a capture).
+    reduce : {"mean", "absmean", None}
+        Over channels. ``absmean`` takes |α| per route before the routes are summed, so the
+        result is the magnitude each route moves and routes cannot cancel each other.
+    by_route : bool
+        Keep the K routes apart instead of summing them.
+    mode : {"ssm", "implicit"}
+        ``ssm``: the scan operator on u, y = α u + D u. ``implicit``: the operator on the
+        in_proj output x before the depthwise conv: α̃ = (α + D) · diag(σ(v)) · Conv, with
+        v the pre-activation (SiLU(v) = v σ(v)), so y = α̃ x exactly when the conv has no
+        bias (true of the v2 family). Needs per-channel matrices: memory D·L² per image.
+    backend : {"tiled", "reference", "triton"}
+    dtype : torch.dtype
+        Compute and result dtype (float64 for exact checks).
+    tile : int, optional
+        Tile size of the tiled and triton backends (their default when None).
+
+    Returns
+    -------
+    r(Bt, L, L); r(Bt, D, L, L) when ``reduce`` is None; a K axis after Bt with ``by_route``.
+    """
+    check_reduce(reduce)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    route_attention = route_backend(backend)
+    options = {} if tile is None or backend == "reference" else {"tile": tile}
+    routes = inputs.routes
+    steps = orders.inverse(routes.cpu()).to(routes.device)
+    per_route_reduce = None if mode == "implicit" else reduce
+    delta, B, C = (z.to(dtype) for z in (inputs.delta, inputs.B, inputs.C))
+    A, Ds = inputs.A.to(dtype), inputs.Ds.to(dtype)
+
+    merged = None
+    per_route = []
+    for k in range(routes.shape[0]):
+        alpha = route_attention(
+            delta[:, k], A[k], B[:, k], C[:, k], reduce=per_route_reduce, **options
+        )
+        # Step space -> patch space: α[i, j] = α_k[step_k(i), step_k(j)].
+        alpha = alpha.index_select(-2, steps[k]).index_select(-1, steps[k])
+        if mode == "implicit":
+            alpha = _fold_conv_and_gate(alpha, Ds[k], inputs, dtype)
+            alpha = _reduce(alpha, reduce)
+        if by_route:
+            per_route.append(alpha)
+        else:
+            merged = alpha if merged is None else merged.add_(alpha)
+    return torch.stack(per_route, dim=1) if by_route else merged
+
+
+def _reduce(alpha: Tensor, reduce: str | None) -> Tensor:
+    """r(Bt, D, L, L) -> r(Bt, L, L) over channels (or unchanged for None)."""
+    if reduce is None:
+        return alpha
+    return (alpha.abs() if reduce == "absmean" else alpha).mean(1)
+
+
+def _fold_conv_and_gate(alpha: Tensor, Ds: Tensor, inputs: ScanInputs, dtype) -> Tensor:
+    """(α + diag(D)) · diag(σ(v)) · Conv for every channel: r(Bt, D, L, L) in and out."""
+    Bt, D, L, _ = alpha.shape
+    H, W = inputs.grid
+    weight = inputs.conv_weight.to(dtype)
+    pre_activation = F.conv2d(
+        inputs.x.to(dtype), weight, None, padding=weight.shape[-1] // 2, groups=D
+    )
+    if inputs.conv_bias is not None:
+        pre_activation = pre_activation + inputs.conv_bias.to(dtype)[:, None, None]
+    gate = torch.sigmoid(pre_activation).flatten(2)  # (Bt, D, L)
+    alpha = alpha + torch.diag_embed(Ds[None, :, None].expand(Bt, D, L))
+    alpha = alpha * gate[:, :, None, :]
+    # Right-multiplying by the conv matrix is the transposed conv over the key grid.
+    keys = alpha.permute(0, 2, 1, 3).reshape(Bt * L, D, H, W)
+    keys = F.conv_transpose2d(keys, weight, padding=weight.shape[-1] // 2, groups=D)
+    return keys.view(Bt, L, D, L).permute(0, 2, 1, 3)

@@ -1,0 +1,172 @@
+"""Vision Mamba models by name, and loading of official or our own checkpoints.
+
+``build("vmamba-tiny-s1l8", order="cross", checkpoint=PATH)`` is the one way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mambapanel.models.vmamba import SS2D, VSSM, ScanInputs
+
+__all__ = [
+    "CONFIGS",
+    "SS2D",
+    "VSSM",
+    "CheckpointError",
+    "ScanInputs",
+    "available",
+    "build",
+    "load_checkpoint",
+    "read_state_dict",
+]
+
+# Name -> constructor arguments. The official names are the upstream classification configs.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "vmamba-tiny-s1l8": dict(dims=(96, 192, 384, 768), depths=(2, 2, 8, 2), ssm_ratio=1.0),
+    "vmamba-tiny-s2l5": dict(dims=(96, 192, 384, 768), depths=(2, 2, 5, 2), ssm_ratio=2.0),
+    "vmamba-small-s1l20": dict(dims=(96, 192, 384, 768), depths=(2, 2, 20, 2), ssm_ratio=1.0),
+    "vmamba-base-s1l20": dict(dims=(128, 256, 512, 1024), depths=(2, 2, 20, 2), ssm_ratio=1.0),
+    # Ours: small enough to train on two CPU cores in minutes (the demo models).
+    "vmamba-micro": dict(dims=(24, 48, 96, 192), depths=(2, 2, 2, 2), ssm_ratio=1.0),
+}
+OFFICIAL_NAMES = {
+    "vmamba-tiny-s1l8": "vssm1_tiny_0230s",
+    "vmamba-tiny-s2l5": "vssm1_tiny_0230",
+    "vmamba-small-s1l20": "vssm1_small_0229s",
+    "vmamba-base-s1l20": "vssm1_base_0229s",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded into the model asked for."""
+
+
+def available() -> list[str]:
+    return sorted(CONFIGS)
+
+
+def build(
+    name: str,
+    *,
+    order: str | None = None,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    **overrides: Any,
+) -> VSSM:
+    """Build a model by name, optionally loading a checkpoint (strict).
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`available`.
+    order : str, optional
+        Patch order (``mambapanel.orders``). Default: the order recorded in the checkpoint
+        by ``compute train``, else ``cross`` (what the official checkpoints use).
+    checkpoint : path, optional
+        An official checkpoint (``model`` / ``model_ema`` / bare state_dict) or one of ours.
+    num_classes : int, optional
+        Classifier width; default 1000, or the checkpoint's head size.
+    """
+    if name not in CONFIGS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(available())}")
+    config = {**CONFIGS[name], **overrides}
+    state_dict, meta = (None, {})
+    if checkpoint is not None:
+        state_dict, meta = read_state_dict(checkpoint)
+        if num_classes is None and "classifier.head.weight" in state_dict:
+            num_classes = state_dict["classifier.head.weight"].shape[0]
+        if order is None:
+            order = meta.get("order")
+    model = VSSM(**config, num_classes=num_classes or 1000, order=order or "cross")
+    model.name = name
+    if state_dict is not None:
+        load_checkpoint(model, state_dict, source=str(checkpoint))
+        model.checkpoint_sha256 = meta["sha256"]
+    model.eval()
+    return model
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint file into (state_dict with official renames applied, metadata).
+
+    Accepts ``{"model": sd}``, ``{"model_ema": sd}`` or a bare state_dict, loaded with
+    ``weights_only=True``. Metadata holds ``sha256`` of the file and, for checkpoints written
+    by ``compute train``, their ``mambapanel`` entry (model, order, accuracy ...).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a file that is not a checkpoint
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({err})") from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    for key in ("model", "model_ema", "state_dict"):
+        if isinstance(obj.get(key), dict):
+            state_dict = obj[key]
+            break
+    else:
+        state_dict = obj
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"{path}: holds no tensors; expected a state_dict, or a dict with a 'model' or "
+            f"'model_ema' state_dict (found keys: {', '.join(map(str, list(obj)[:10]))})"
+        )
+    meta = dict(obj.get("mambapanel", {})) if isinstance(obj.get("mambapanel"), dict) else {}
+    meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return rename_official_keys(tensors), meta
+
+
+# The upstream loader's renames of older key names (its VSSM._load_from_state_dict).
+OFFICIAL_RENAMES = [
+    (re.compile(r"^patch_embed\.proj\."), "patch_embed.0."),
+    (re.compile(r"^patch_embed\.norm\."), "patch_embed.2."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.ln_1\."), r"\1.norm."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.self_attention\."), r"\1.op."),
+    (re.compile(r"^norm\."), "classifier.norm."),
+    (re.compile(r"^head\."), "classifier.head."),
+]
+
+
+def rename_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply :data:`OFFICIAL_RENAMES` to every key."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in OFFICIAL_RENAMES:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    return out
+
+
+def load_checkpoint(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly, with an error that lists missing/unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = [f"{source}: does not fit model {getattr(model, 'name', type(model).__name__)}"]
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatch", mismatched),
+        ):
+            if items:
+                shown = "\n    ".join(items[:20])
+                more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+                parts.append(f"  {title} ({len(items)}):\n    {shown}{more}")
+        raise CheckpointError("\n".join(parts))
+    model.load_state_dict(state_dict, strict=True)
