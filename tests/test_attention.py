@@ -53,13 +53,39 @@ def random_route(Bt=2, D=6, N=1, L=50, dt_high=1.0, seed=0, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("reduce", attention.REDUCTIONS)
-@pytest.mark.parametrize(("L", "N", "tile"), [(50, 1, 16), (64, 1, 16), (37, 2, 8), (9, 3, 64)])
-def test_tiled_equals_reference_across_tile_boundaries(reduce, L, N, tile):
+@pytest.mark.parametrize(
+    ("L", "N", "options"),
+    [
+        (50, 1, dict(tile=16)),  # one level, ragged last tile
+        (64, 1, dict(tile=16)),
+        (37, 2, dict(tile=8)),
+        (9, 3, dict(tile=64)),  # a single tile
+        (300, 1, dict(leaf=8, fan=4)),  # recursion three levels deep
+        (123, 2, dict(leaf=4, fan=3)),
+    ],
+)
+def test_tiled_equals_reference_across_tile_boundaries(reduce, L, N, options):
     delta, A, B, C = random_route(L=L, N=N)
     expected = reference.route_attention(delta, A, B, C, reduce=reduce)
-    got = chunked.route_attention(delta, A, B, C, reduce=reduce, tile=tile)
+    got = chunked.route_attention(delta, A, B, C, reduce=reduce, **options)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert torch.count_nonzero(got.triu(1)) == 0  # causal: no key after its query
+    buffer = torch.full_like(expected, float("nan"))  # every element must be written
+    written = chunked.route_attention(delta, A, B, C, reduce=reduce, out=buffer, **options)
+    assert written.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(buffer, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_leaves_with_huge_steps_fall_back_to_the_elementwise_form(dtype):
+    # Δ·A summed over a leaf of 32 steps reaches ~1000: the factored leaf would overflow.
+    delta, A, B, C = random_route(Bt=1, D=3, L=96, dt_high=30.0)
+    expected = reference.route_attention(delta, A, B, C)
+    got = chunked.route_attention(*(t.to(dtype) for t in (delta, A, B, C)))
+    assert torch.isfinite(got).all()
+    # float32 cumsums of ~1e4 carry ~1e-3 absolute error into the exponent.
+    tolerance = 1e-3 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
 
 
 def test_stable_at_56x56_with_realistic_steps():

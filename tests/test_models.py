@@ -128,3 +128,35 @@ def test_bad_checkpoint_lists_keys_and_shapes(micro_state, tmp_path):
 def test_unknown_model_name():
     with pytest.raises(KeyError, match=r"unknown model 'vmamba-huge'.*vmamba-micro"):
         models.build("vmamba-huge")
+
+
+class TrainingConfig(dict):
+    """Like upstream's yacs CfgNode: a dict subclass pickled into training checkpoints."""
+
+    def __setstate__(self, state):
+        raise AssertionError("loading a checkpoint must not run code of pickled classes")
+
+
+def test_training_checkpoint_with_a_pickled_config_loads_without_running_it(micro_state, tmp_path):
+    state_dict, images, logits = micro_state
+    config = TrainingConfig(MODEL="vssm", EPOCHS=300)
+    config.__dict__["note"] = "makes pickle call __setstate__"
+    path = tmp_path / "ckpt_epoch_264.pth"
+    torch.save({"model": state_dict, "config": config, "epoch": 264}, path)
+    with pytest.raises(Exception, match=r"Unsupported global|weights_only"):
+        torch.load(path, weights_only=True)  # what a plain safe load says
+    model = models.build("vmamba-micro", checkpoint=path)
+    with torch.no_grad():
+        assert torch.equal(model(images), logits)
+
+
+def test_conv_shaped_linear_weights_load(micro_state, tmp_path):
+    state_dict, images, logits = micro_state
+    convs = {
+        k: v[:, :, None, None] if k.endswith(("in_proj.weight", "fc1.weight")) else v
+        for k, v in state_dict.items()
+    }
+    torch.save({"model": convs}, tmp_path / "conv.pth")
+    model = models.build("vmamba-micro", checkpoint=tmp_path / "conv.pth")
+    with torch.no_grad():
+        assert torch.equal(model(images), logits)

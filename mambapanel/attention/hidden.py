@@ -86,22 +86,31 @@ def hidden_attention(
     delta, B, C = (z.to(dtype) for z in (inputs.delta, inputs.B, inputs.C))
     A, Ds = inputs.A.to(dtype), inputs.Ds.to(dtype)
 
-    merged = None
-    per_route = []
-    for k in range(routes.shape[0]):
-        alpha = route_attention(
-            delta[:, k], A[k], B[:, k], C[:, k], reduce=per_route_reduce, **options
-        )
-        # Step space -> patch space: α[i, j] = α_k[step_k(i), step_k(j)].
-        alpha = alpha.index_select(-2, steps[k]).index_select(-1, steps[k])
-        if mode == "implicit":
-            alpha = _fold_conv_and_gate(alpha, Ds[k], inputs, dtype)
-            alpha = _reduce(alpha, reduce)
-        if by_route:
-            per_route.append(alpha)
-        else:
-            merged = alpha if merged is None else merged.add_(alpha)
-    return torch.stack(per_route, dim=1) if by_route else merged
+    L = routes.shape[1]
+    in_order = torch.arange(L, device=routes.device)
+    result = step_buffer = row_buffer = col_buffer = None
+    with torch.no_grad():  # analysis only; the buffers below are reused across routes
+        for k in range(routes.shape[0]):
+            if backend == "tiled":  # writes into a buffer: a fresh L x L costs page faults
+                options["out"] = step_buffer
+            alpha = route_attention(
+                delta[:, k], A[k], B[:, k], C[:, k], reduce=per_route_reduce, **options
+            )
+            step_buffer = alpha
+            # Step space -> patch space: α[i, j] = α_k[step_k(i), step_k(j)].
+            if not torch.equal(steps[k], in_order):
+                row_buffer = torch.index_select(alpha, -2, steps[k], out=row_buffer)
+                col_buffer = torch.index_select(row_buffer, -1, steps[k], out=col_buffer)
+                alpha = col_buffer
+            if mode == "implicit":
+                alpha = _reduce(_fold_conv_and_gate(alpha, Ds[k], inputs, dtype), reduce)
+            if by_route:
+                if result is None:
+                    result = alpha.new_empty(alpha.shape[0], routes.shape[0], *alpha.shape[1:])
+                result[:, k] = alpha
+            else:
+                result = alpha.clone() if result is None else result.add_(alpha)
+    return result
 
 
 def _reduce(alpha: Tensor, reduce: str | None) -> Tensor:

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
+import types
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,15 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # Training checkpoints also pickle objects such as the training config (a yacs
+        # CfgNode upstream), which weights_only refuses; read those as inert stand-ins.
+        try:
+            obj = torch.load(
+                path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle
+            )
+        except Exception:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({err})") from err
     except Exception as err:  # torch raises several types for a file that is not a checkpoint
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({err})") from err
     if not isinstance(obj, dict):
@@ -124,6 +135,32 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     meta = dict(obj.get("mambapanel", {})) if isinstance(obj.get("mambapanel"), dict) else {}
     meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return rename_official_keys(tensors), meta
+
+
+class _Inert(dict):
+    """Stands in for a pickled non-tensor object; never runs any of the original's code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """Resolves only the globals torch's weights_only loader allows; any other class
+    becomes an empty :class:`_Inert`, so unpickling cannot execute foreign code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = _get_allowed_globals().get(f"{module}.{name}")
+        return allowed if allowed is not None else type(name, (_Inert,), {})
+
+
+_inert_pickle = types.SimpleNamespace(
+    Unpickler=_InertUnpickler, load=pickle.load, __name__="mambapanel_inert_pickle"
+)
 
 
 # The upstream loader's renames of older key names (its VSSM._load_from_state_dict).
@@ -150,6 +187,12 @@ def rename_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 def load_checkpoint(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load strictly, with an error that lists missing/unexpected keys and shape mismatches."""
     expected = model.state_dict()
+    state_dict = dict(state_dict)
+    for key, value in state_dict.items():
+        # Upstream's Linear2d also accepts 1x1-conv-shaped weights (out, in, 1, 1).
+        if key in expected and value.dim() == 4 and value.shape[2:] == (1, 1):
+            if expected[key].shape == value.shape[:2]:
+                state_dict[key] = value[:, :, 0, 0]
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
