@@ -76,6 +76,18 @@ def test_tiled_equals_reference_across_tile_boundaries(reduce, L, N, options):
     torch.testing.assert_close(buffer, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("reduce", ["mean", None])
+@pytest.mark.parametrize("options", [dict(tile=16), dict(leaf=8, fan=4)])
+def test_a_route_and_its_reverse_share_one_buffer(reduce, options):
+    forward, backward = random_route(L=75, seed=1), random_route(L=75, seed=2)
+    expected = reference.route_attention(*forward, reduce=reduce)
+    expected += reference.route_attention(*backward, reduce=reduce).flip(-2, -1)
+    buffer = torch.full_like(expected, float("nan")).contiguous()
+    chunked.route_attention(*forward, reduce=reduce, out=buffer, **options)
+    chunked.route_attention(*backward, reduce=reduce, out=buffer, add_reversed=True, **options)
+    torch.testing.assert_close(buffer, expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_leaves_with_huge_steps_fall_back_to_the_elementwise_form(dtype):
     # Δ·A summed over a leaf of 32 steps reaches ~1000: the factored leaf would overflow.

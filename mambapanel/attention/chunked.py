@@ -29,6 +29,7 @@ def route_attention(
     leaf: int = 32,
     fan: int = 16,
     out: Tensor | None = None,
+    add_reversed: bool = False,
 ) -> Tensor:
     """Same contract as :func:`mambapanel.attention.reference.route_attention`.
 
@@ -43,24 +44,32 @@ def route_attention(
     so an off-diagonal tile is (P·G) @ Q over (d, n) for ``mean`` (over n, per channel, for
     ``reduce=None``): GEMM speed, and nothing exponentiated can exceed 1. A diagonal tile
     is the same problem on a shorter sequence, so it recurses (all diagonal tiles of a level
-    in one batched call) until ``leaf`` steps, where the masked element-wise form runs.
+    in one batched call) down to ``leaf`` steps, which are one small GEMM each.
 
     Parameters
     ----------
     tile : int, optional
         Tile size of the top level; default ``ceil(L / fan)`` (at least ``leaf``).
     leaf : int
-        Sequences this short use the element-wise form: exps cost D·N·L·leaf.
+        Sequences this short are not split further (see :func:`_leaf`).
     fan : int
         Tiles per level below the top.
     out : Tensor, optional
         A buffer of the result's shape to write into. Reusing one across calls saves the
         first-touch cost of a fresh L x L allocation, which on a CPU rivals the arithmetic.
+    add_reversed : bool
+        Add the result reversed in both axes (α[L-1-t, L-1-s]) into ``out`` instead of
+        writing it. A route and its reverse then share one buffer: the reverse's keys come
+        after its queries in the forward order, so it fills the other triangle.
     """
     check_reduce(reduce)
     N = A.shape[1]
+    if add_reversed and out is None:
+        raise ValueError("add_reversed=True adds into out: pass the buffer")
     if reduce == "absmean":
         if N > 1:  # |Σ_n ...| does not factor; take it per channel
+            if add_reversed:
+                raise ValueError("add_reversed needs a factored reduction (absmean: N = 1)")
             per_channel = route_attention(
                 delta, A, B, C, reduce=None, tile=tile, leaf=leaf, fan=fan
             )
@@ -69,7 +78,7 @@ def route_attention(
         B, C = B.abs(), C.abs()
     if out is not None and reduce is not None:
         out = out[:, None]  # _tiled keeps a channel axis of 1
-    out = _tiled(delta, A, B, C, reduce is None, tile, leaf, fan, out)
+    out = _tiled(delta, A, B, C, reduce is None, tile, leaf, fan, out, add_reversed)
     return out if reduce is None else out[:, 0]
 
 
@@ -83,13 +92,17 @@ def _tiled(
     leaf: int,
     fan: int,
     out: Tensor | None = None,
+    add_reversed: bool = False,
 ) -> Tensor:
-    """r(Bt, E, L, L): the route attention, channels kept (E = D) or averaged (E = 1)."""
+    """r(Bt, E, L, L): the route attention, channels kept (E = D) or averaged (E = 1);
+    written into ``out``, or added into it reversed (see :func:`route_attention`)."""
     Bt, D, L = delta.shape
     N = A.shape[1]
     if L <= max(leaf, 1) and tile is None:
         result = _leaf(delta, A, B, C, per_channel)
-        return result if out is None else out.copy_(result)
+        if out is None:
+            return result
+        return out.add_(result.flip(-2, -1)) if add_reversed else out.copy_(result)
     T = max(1, min(tile or max(leaf, math.ceil(L / fan)), L))
     nT = math.ceil(L / T)
     pad = nT * T - L
@@ -120,12 +133,17 @@ def _tiled(
     for q in range(nT):  # query tile I = q
         rows = slice(q * T, min((q + 1) * T, L))
         n_rows = rows.stop - rows.start
-        out[:, :, rows, (q + 1) * T :] = 0  # keys after the query tile
+        if not add_reversed:
+            out[:, :, rows, (q + 1) * T :] = 0  # keys after the query tile
         if q:
             # Every earlier key tile J, scaled by its G[I, J], side by side: (Bt, E, M, q·T).
             keys = (G_all[:, :, :, q - 1, :q, None] * rhs_all[:, :, :, :q]).flatten(-2)
             lhs = lhs_all[:, :, q, :n_rows]
-            torch.matmul(lhs, keys, out=out[:, :, rows, : q * T])
+            if add_reversed:  # rows L-1-t, columns L-1-s: reverse the operands instead
+                block = torch.matmul(lhs.flip(-2), keys.flip(-1))
+                out[:, :, L - rows.stop : L - rows.start, L - q * T :] += block
+            else:
+                torch.matmul(lhs, keys, out=out[:, :, rows, : q * T])
 
     # Diagonal tiles: the same problem on each tile's steps, all tiles as one batch.
     def tiles_as_batch(z: Tensor) -> Tensor:  # (Bt, X, nT·T) -> (Bt·nT, X, T)
@@ -144,7 +162,12 @@ def _tiled(
     for q in range(nT):
         rows = slice(q * T, min((q + 1) * T, L))
         n_rows = rows.stop - rows.start
-        out[:, :, rows, rows] = diag[:, q, :, :n_rows, :n_rows]
+        block = diag[:, q, :, :n_rows, :n_rows]
+        if add_reversed:
+            reversed_rows = slice(L - rows.stop, L - rows.start)
+            out[:, :, reversed_rows, reversed_rows] += block.flip(-2, -1)
+        else:
+            out[:, :, rows, rows] = block
     return out
 
 

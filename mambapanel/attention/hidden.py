@@ -86,31 +86,73 @@ def hidden_attention(
     delta, B, C = (z.to(dtype) for z in (inputs.delta, inputs.B, inputs.C))
     A, Ds = inputs.A.to(dtype), inputs.Ds.to(dtype)
 
-    L = routes.shape[1]
+    K, L = routes.shape
     in_order = torch.arange(L, device=routes.device)
+    # The tiled backend computes a route and its reverse into one buffer (two triangles).
+    fuse = (
+        backend == "tiled"
+        and mode == "ssm"
+        and not by_route
+        and not (reduce == "absmean" and A.shape[-1] > 1)
+    )
     result = step_buffer = row_buffer = col_buffer = None
     with torch.no_grad():  # analysis only; the buffers below are reused across routes
-        for k in range(routes.shape[0]):
-            if backend == "tiled":  # writes into a buffer: a fresh L x L costs page faults
-                options["out"] = step_buffer
+        for k, partner in _route_groups(routes) if fuse else [(k, None) for k in range(K)]:
+            # The tiled backend writes into a reused buffer: a fresh L x L costs page faults.
+            into = {"out": step_buffer} if backend == "tiled" else {}
             alpha = route_attention(
-                delta[:, k], A[k], B[:, k], C[:, k], reduce=per_route_reduce, **options
+                delta[:, k], A[k], B[:, k], C[:, k], reduce=per_route_reduce, **options, **into
             )
-            step_buffer = alpha
+            if partner is not None:
+                route_attention(
+                    delta[:, partner],
+                    A[partner],
+                    B[:, partner],
+                    C[:, partner],
+                    reduce=reduce,
+                    out=alpha,
+                    add_reversed=True,
+                    **options,
+                )
             # Step space -> patch space: α[i, j] = α_k[step_k(i), step_k(j)].
+            patch = alpha
             if not torch.equal(steps[k], in_order):
                 row_buffer = torch.index_select(alpha, -2, steps[k], out=row_buffer)
-                col_buffer = torch.index_select(row_buffer, -1, steps[k], out=col_buffer)
-                alpha = col_buffer
+                patch = col_buffer = torch.index_select(row_buffer, -1, steps[k], out=col_buffer)
             if mode == "implicit":
-                alpha = _reduce(_fold_conv_and_gate(alpha, Ds[k], inputs, dtype), reduce)
+                patch = _reduce(_fold_conv_and_gate(patch, Ds[k], inputs, dtype), reduce)
             if by_route:
                 if result is None:
-                    result = alpha.new_empty(alpha.shape[0], routes.shape[0], *alpha.shape[1:])
-                result[:, k] = alpha
+                    result = patch.new_empty(patch.shape[0], K, *patch.shape[1:])
+                result[:, k] = patch
+            elif result is None and patch is alpha:
+                result = alpha  # a row-major route: its buffer becomes the result
+                continue
+            elif result is None:
+                result = patch.clone()
             else:
-                result = alpha.clone() if result is None else result.add_(alpha)
+                result.add_(patch)
+            step_buffer = alpha
     return result
+
+
+def _route_groups(routes: Tensor) -> list[tuple[int, int | None]]:
+    """Routes paired with their reverse where the order has one: [(k, k' or None), ...]."""
+    groups, taken = [], set()
+    for k in range(routes.shape[0]):
+        if k in taken:
+            continue
+        partner = next(
+            (
+                j
+                for j in range(k + 1, routes.shape[0])
+                if j not in taken and torch.equal(routes[j], routes[k].flip(0))
+            ),
+            None,
+        )
+        taken.update({k} if partner is None else {k, partner})
+        groups.append((k, partner))
+    return groups
 
 
 def _reduce(alpha: Tensor, reduce: str | None) -> Tensor:
