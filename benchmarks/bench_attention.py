@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mambapanel import attention, data, models
+from mambapanel.models.scan import along_routes, selective_scan, selective_scan_reference
 
 MARK_START, MARK_END = "<!-- bench_attention:start -->", "<!-- bench_attention:end -->"
 
@@ -79,7 +80,16 @@ def run(repeats: int) -> list[str]:
     )
     b_route = torch.randn(D * N, L // 2)
     matmul_route = median_seconds(lambda: torch.matmul(a, b_route), repeats, cpu_sync)
+    us = along_routes(inputs.u.flatten(2), inputs.routes)
+    scan_args = (us, inputs.delta, inputs.A, inputs.B, inputs.C, inputs.Ds)
+    scan = median_seconds(lambda: selective_scan(*scan_args), repeats, cpu_sync)
+    scan_loop = median_seconds(lambda: selective_scan_reference(*scan_args), repeats, cpu_sync)
     lines += [
+        f"Selective scan of that block (models/scan.py), K = {K} routes of L = {L}:",
+        f"  two-level chunked scan            {scan * 1e3:8.1f} ms",
+        f"  step-by-step recurrence           {scan_loop * 1e3:8.1f} ms  "
+        f"(ratio {scan_loop / scan:.1f})",
+        "",
         f"Stage-0 block, L = {L}, D = {D}, N = {N}, K = {K}, reduce=mean, float32, CPU:",
         f"  tiled (whole block, patch space)  {tiled * 1e3:8.1f} ms",
         f"  torch.matmul, same FLOP count     {matmul * 1e3:8.1f} ms",

@@ -87,7 +87,9 @@ def hidden_attention(
     A, Ds = inputs.A.to(dtype), inputs.Ds.to(dtype)
 
     K, L = routes.shape
+    H, W = inputs.grid
     in_order = torch.arange(L, device=routes.device)
+    column_major = in_order.view(H, W).t().flatten()
     # The tiled backend computes a route and its reverse into one buffer (two triangles).
     fuse = (
         backend == "tiled"
@@ -114,6 +116,17 @@ def hidden_attention(
                     add_reversed=True,
                     **options,
                 )
+            merging = not by_route and mode == "ssm"
+            if merging and result is not None and torch.equal(routes[k], column_major):
+                # A column-major route is a transpose of the grid: add a permuted view, one
+                # pass where the gathers below take three.
+                lead, n = alpha.shape[:-2], alpha.dim() - 2
+                transposed = alpha.view(*lead, W, H, W, H).permute(
+                    *range(n), n + 1, n, n + 3, n + 2
+                )
+                result.view(*lead, H, W, H, W).add_(transposed)
+                step_buffer = alpha
+                continue
             # Step space -> patch space: α[i, j] = α_k[step_k(i), step_k(j)].
             patch = alpha
             if not torch.equal(steps[k], in_order):
