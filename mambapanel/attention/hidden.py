@@ -5,6 +5,8 @@ with the depthwise conv and SiLU gate (``mode="implicit"``).
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 
 import torch
@@ -87,6 +89,7 @@ def hidden_attention(
     A, Ds = inputs.A.to(dtype), inputs.Ds.to(dtype)
 
     K, L = routes.shape
+    Bt, _, D, _ = delta.shape
     H, W = inputs.grid
     in_order = torch.arange(L, device=routes.device)
     column_major = in_order.view(H, W).t().flatten()
@@ -98,9 +101,14 @@ def hidden_attention(
         and not (reduce == "absmean" and A.shape[-1] > 1)
     )
     result = step_buffer = row_buffer = col_buffer = None
+    merging = not by_route and mode == "ssm"
     with torch.no_grad():  # analysis only; the buffers below are reused across routes
         for k, partner in _route_groups(routes) if fuse else [(k, None) for k in range(K)]:
             # The tiled backend writes into a reused buffer: a fresh L x L costs page faults.
+            # Only a first row-major route gets a fresh one, as it becomes the result.
+            if step_buffer is None and not (merging and torch.equal(steps[k], in_order)):
+                channels = () if per_route_reduce else (D,)
+                step_buffer = _scratch((Bt, *channels, L, L), dtype, delta.device)
             into = {"out": step_buffer} if backend == "tiled" else {}
             alpha = route_attention(
                 delta[:, k], A[k], B[:, k], C[:, k], reduce=per_route_reduce, **options, **into
@@ -116,7 +124,6 @@ def hidden_attention(
                     add_reversed=True,
                     **options,
                 )
-            merging = not by_route and mode == "ssm"
             if merging and result is not None and torch.equal(routes[k], column_major):
                 # A column-major route is a transpose of the grid: add a permuted view, one
                 # pass where the gathers below take three.
@@ -147,6 +154,21 @@ def hidden_attention(
                 result.add_(patch)
             step_buffer = alpha
     return result
+
+
+# Per thread: one step-space buffer kept between calls (never returned to the caller).
+_workspace = threading.local()
+WORKSPACE_BYTES = 2**29
+
+
+def _scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """A reusable buffer of this shape, or None (allocate afresh) when it would be large."""
+    if math.prod(shape) * dtype.itemsize > WORKSPACE_BYTES:
+        return None
+    cached = getattr(_workspace, "buffer", None)
+    if cached is None or cached.shape != shape or cached.dtype != dtype or cached.device != device:
+        cached = _workspace.buffer = torch.empty(shape, dtype=dtype, device=device)
+    return cached
 
 
 def _route_groups(routes: Tensor) -> list[tuple[int, int | None]]:
