@@ -1,0 +1,473 @@
+"""The run store: one zarr v3 store per extraction run, read as an ``xarray.DataTree``.
+Create, write regions, resume, finalise and validate a run; plain functions, no Dask.
+
+Schema (``format`` "mambapanel-run", ``format_version`` 1)
+------------------------------------------------------------
+Root group
+    attrs
+        format, format_version, mambapanel_version, created (UTC, ISO 8601), complete,
+        model, model_config (JSON string), checkpoint, checkpoint_sha256 (both null for
+        random weights), seed (of the random weights; null with a checkpoint), order,
+        image_source ("demo" or an absolute directory), image_size, n_images, skipped_files
+        (["image_id: reason", ...]), reduce ("mean" | "absmean"), dtype ("float16" |
+        "float32"), stages ([s, ...]), pool (one factor per stage in ``stages``), shard_size
+        (images per task), batch_size (images per forward pass)
+    image       (image,) int64              index coordinate 0 .. n-1
+    image_id    (image,) str                coordinate: the file's path relative to the source
+    label       (image,) str                coordinate: its class folder, "" in a flat folder
+    thumbnail   (image, y, x, rgb) uint8    the model's centre crop at 64 px
+    done        (image,) bool               the image's matrices, sums and thumbnail are written
+Group ``stage{s}`` for every s in ``stages``
+    attrs
+        stage, n_blocks, pool, grid_height, grid_width (the stored grid, after pooling),
+        full_grid_height, full_grid_width (the model's grid at this stage)
+    block       (block,) int64              index coordinate
+    query, key  (query,), (key,) int64      index coordinates: row-major patch of the stored grid
+    query_row, query_col   (query,) int64   that query patch's row and column
+    key_row, key_col       (key,) int64     (xarray allows one coordinate per name, hence the
+                                            prefixes; `sel(query=i)` or `where(query_row == r)`)
+    attention       (image, block, query, key) float16 | float32, NaN until written
+    attention_mean  (block, query, key) float32: the exact mean over images, NaN until final
+    partial_sum     (shard, block, query, key) float64: scratch while extracting, one sum per
+                    shard; removed when the run is finalised
+
+Chunks: ``attention`` (1, 1, L, L), one image-block per chunk; ``attention_mean``
+(1, Q, L) with Q = all L rows when a block is at most 4 MiB, else as many rows as fit in
+4 MiB, so one query row is always one chunk; ``partial_sum`` (1, 1, L, L); ``done`` and
+``thumbnail`` by shard (``shard_size`` images), so concurrent tasks never write one chunk.
+
+Read a run with :func:`open_run`, or ``xr.open_datatree(path, engine="zarr",
+consolidated=False)``: the metadata is not consolidated, because zarr v3 does not specify
+consolidation and every later writer (reduction) would have to keep it current.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+import zarr.errors
+
+from mambapanel import __version__
+
+FORMAT = "mambapanel-run"
+FORMAT_VERSION = 1
+THUMBNAIL_SIZE = 64
+MEAN_CHUNK_BYTES = 4 * 2**20
+DTYPES = ("float16", "float32")
+ROOT_VARIABLES = ("image", "image_id", "label", "thumbnail", "done")
+STAGE_VARIABLES = (
+    "block",
+    "query",
+    "key",
+    "query_row",
+    "query_col",
+    "key_row",
+    "key_col",
+    "attention",
+    "attention_mean",
+)
+# The attrs that make two runs the same computation: a resume must match every one.
+IDENTITY_ATTRS = (
+    "model",
+    "model_config",
+    "checkpoint_sha256",
+    "seed",
+    "order",
+    "image_source",
+    "image_size",
+    "n_images",
+    "stages",
+    "pool",
+    "reduce",
+    "dtype",
+    "shard_size",
+)
+QUERY_KEY_COORDINATES = "query_row query_col key_row key_col"
+
+
+class RunError(ValueError):
+    """A path that is not a usable run: missing, not a run, incomplete, incompatible."""
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """One stage as stored: ``n_blocks`` blocks on the model's ``full_grid`` averaged over
+    ``pool`` x ``pool`` patches (windows at the bottom and right edges may be smaller)."""
+
+    stage: int
+    n_blocks: int
+    full_grid: tuple[int, int]
+    pool: int = 1
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The stored grid (height, width): the full grid divided by ``pool``, rounded up."""
+        return tuple(math.ceil(side / self.pool) for side in self.full_grid)
+
+    @property
+    def patches(self) -> int:
+        """L, the number of stored patches (query or key)."""
+        height, width = self.grid
+        return height * width
+
+
+def n_shards(n_images: int, shard_size: int) -> int:
+    return math.ceil(n_images / shard_size)
+
+
+def shard_images(attrs: Mapping[str, Any], shard: int) -> range:
+    """The image indices of ``shard`` in a run with root ``attrs``."""
+    size = attrs["shard_size"]
+    return range(shard * size, min(attrs["n_images"], (shard + 1) * size))
+
+
+def layout_attrs(layouts: Sequence[StageLayout]) -> dict[str, list[int]]:
+    """The root attrs that record the layouts: ``stages`` and their ``pool`` factors."""
+    return {
+        "stages": [layout.stage for layout in layouts],
+        "pool": [layout.pool for layout in layouts],
+    }
+
+
+def bytes_needed(
+    layouts: Sequence[StageLayout], n_images: int, dtype: str, shard_size: int
+) -> dict[int, dict[str, int]]:
+    """Uncompressed bytes per stage: ``attention``, ``attention_mean`` and the scratch
+    ``partial_sum`` (held only until the run is finalised)."""
+    itemsize = np.dtype(dtype).itemsize
+    needed = {}
+    for layout in layouts:
+        matrix = layout.n_blocks * layout.patches**2
+        needed[layout.stage] = {
+            "attention": n_images * matrix * itemsize,
+            "attention_mean": matrix * 4,
+            "partial_sum": n_shards(n_images, shard_size) * matrix * 8,
+        }
+    return needed
+
+
+def create_run(
+    path: str | Path,
+    *,
+    images: Sequence[tuple[str, str]],
+    layouts: Sequence[StageLayout],
+    dtype: str,
+    shard_size: int,
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write the skeleton of a new run: metadata, coordinates, image ids; no matrices.
+
+    Built beside ``path`` and renamed into place, so a killed creation leaves no half run.
+
+    Parameters
+    ----------
+    images : sequence of (image_id, label)
+    layouts : one per stored stage
+    dtype : "float16" or "float32", the dtype of ``attention``
+    shard_size : images per task; ``done`` and ``thumbnail`` are chunked by it
+    attrs : the run's description (model, order, image_source, ...; see the module docstring)
+    """
+    path = Path(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if path.exists():
+        raise RunError(f"{path}: already exists; a new run needs a new path")
+    building = path.with_name(f".{path.name}.creating")
+    shutil.rmtree(building, ignore_errors=True)  # the leftover of a killed creation
+    n = len(images)
+    root = zarr.open_group(
+        building,
+        mode="w-",
+        zarr_format=3,
+        attributes={
+            **attrs,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "mambapanel_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "complete": False,
+            "n_images": n,
+            **layout_attrs(layouts),
+            "dtype": dtype,
+            "shard_size": shard_size,
+        },
+    )
+    _coordinate(root, "image", "image", np.arange(n))
+    _coordinate(root, "image_id", "image", np.array([i for i, _ in images], dtype=str))
+    _coordinate(root, "label", "image", np.array([label for _, label in images], dtype=str))
+    image_coordinates = {"coordinates": "image_id label"}
+    root.create_array(
+        "thumbnail",
+        shape=(n, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3),
+        chunks=(shard_size, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3),
+        dtype="uint8",
+        fill_value=0,
+        dimension_names=("image", "y", "x", "rgb"),
+        attributes=image_coordinates,
+    )
+    root.create_array(
+        "done",
+        shape=(n,),
+        chunks=(shard_size,),
+        dtype="bool",
+        fill_value=False,
+        dimension_names=("image",),
+        attributes=image_coordinates,
+    )
+    for layout in layouts:
+        _create_stage(root, layout, n, dtype, n_shards(n, shard_size))
+    os.replace(building, path)
+
+
+def _coordinate(group: zarr.Group, name: str, dim: str, values: np.ndarray) -> None:
+    # Variable-length strings: zarr v3 specifies them, unlike numpy's fixed-width "<U".
+    dtype = str if values.dtype.kind == "U" else values.dtype
+    array = group.create_array(name, shape=values.shape, dtype=dtype, dimension_names=(dim,))
+    array[...] = values
+
+
+def _create_stage(
+    root: zarr.Group, layout: StageLayout, n_images: int, dtype: str, shards: int
+) -> None:
+    height, width = layout.grid
+    L, blocks = layout.patches, layout.n_blocks
+    group = root.create_group(
+        f"stage{layout.stage}",
+        attributes={
+            "stage": layout.stage,
+            "n_blocks": blocks,
+            "pool": layout.pool,
+            "grid_height": height,
+            "grid_width": width,
+            "full_grid_height": layout.full_grid[0],
+            "full_grid_width": layout.full_grid[1],
+        },
+    )
+    rows, cols = np.divmod(np.arange(L), width)
+    _coordinate(group, "block", "block", np.arange(blocks))
+    for axis in ("query", "key"):
+        _coordinate(group, axis, axis, np.arange(L))
+        _coordinate(group, f"{axis}_row", axis, rows)
+        _coordinate(group, f"{axis}_col", axis, cols)
+    rows_per_chunk = max(1, min(L, MEAN_CHUNK_BYTES // (4 * L)))
+    coordinates = {"coordinates": QUERY_KEY_COORDINATES}
+    for name, leading, chunks, array_dtype, attributes in (
+        ("attention", {"image": n_images}, (1, 1, L, L), dtype, coordinates),
+        ("attention_mean", {}, (1, rows_per_chunk, L), "float32", coordinates),
+        ("partial_sum", {"shard": shards}, (1, 1, L, L), "float64", {}),
+    ):
+        group.create_array(
+            name,
+            shape=(*leading.values(), blocks, L, L),
+            chunks=chunks,
+            dtype=array_dtype,
+            fill_value=np.nan,
+            dimension_names=(*leading, "block", "query", "key"),
+            attributes=attributes,
+        )
+
+
+def check_run(path: str | Path) -> zarr.Group:
+    """Validate the run at ``path`` and return its root group (read-only).
+
+    Raises
+    ------
+    RunError
+        ``path`` does not exist, is not a zarr store, is not a run, was written by an
+        incompatible format version, or lacks a group or variable of the schema.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path}: no such run (the path does not exist)")
+    try:
+        root = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
+        raise RunError(f"{path}: not a run (not a zarr store: {err})") from err
+    found = root.attrs.get("format")
+    if found != FORMAT:
+        raise RunError(f"{path}: not a run (attribute 'format' is {found!r}, not {FORMAT!r})")
+    version = root.attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RunError(
+            f"{path}: run format_version {version!r} (written by mambapanel "
+            f"{root.attrs.get('mambapanel_version')}); this mambapanel {__version__} reads "
+            f"format_version {FORMAT_VERSION}"
+        )
+    _require(path, root, "/", ROOT_VARIABLES)
+    stage_variables = (
+        STAGE_VARIABLES if root.attrs["complete"] else (*STAGE_VARIABLES, "partial_sum")
+    )
+    for stage in root.attrs["stages"]:
+        name = f"stage{stage}"
+        if name not in root:
+            raise RunError(f"{path}: no group {name!r} (attribute 'stages' lists stage {stage})")
+        _require(path, root[name], name, stage_variables)
+    return root
+
+
+def _require(path: Path, group: zarr.Group, name: str, variables: Sequence[str]) -> None:
+    present = set(group.keys())  # one listing, not one metadata read per variable
+    for variable in variables:
+        if variable not in present:
+            raise RunError(f"{path}: group {name!r} has no variable {variable!r}")
+
+
+def open_run(path: str | Path, *, allow_incomplete: bool = False) -> xr.DataTree:
+    """Open a validated run as a lazy ``xarray.DataTree`` (see the module docstring).
+
+    Parameters
+    ----------
+    allow_incomplete : bool
+        Open a run whose extraction has not finished (its ``attention_mean`` is NaN and
+        some images are not ``done``) instead of refusing it.
+
+    Raises
+    ------
+    RunError
+        See :func:`check_run`; also for an incomplete run unless ``allow_incomplete``.
+    """
+    root = check_run(path)
+    if not (root.attrs["complete"] or allow_incomplete):
+        done = int(np.count_nonzero(root["done"][...]))
+        raise RunError(
+            f"{path}: incomplete run ({done} of {root.attrs['n_images']} images done); run the "
+            "extraction command that made it again to finish it"
+        )
+    return xr.open_datatree(path, engine="zarr", consolidated=False)
+
+
+def check_compatible(path: str | Path, attrs: Mapping[str, Any]) -> None:
+    """Refuse to resume the run at ``path`` with ``attrs`` that describe another computation.
+
+    Every key of :data:`IDENTITY_ATTRS` present in ``attrs`` must equal the stored value.
+    """
+    stored = dict(check_run(path).attrs)
+    asked = json.loads(json.dumps(dict(attrs)))  # tuples -> lists, as the store holds them
+    differences = []
+    for key in IDENTITY_ATTRS:
+        if key in asked and asked[key] != stored.get(key):
+            run_value, asked_value = repr(stored.get(key)), repr(asked[key])
+            if key == "checkpoint_sha256":
+                run_value += f" (checkpoint {stored.get('checkpoint')})"
+                asked_value += f" (checkpoint {asked.get('checkpoint')})"
+            differences.append(f"  {key}: the run has {run_value}, asked for {asked_value}")
+    if differences:
+        raise RunError(
+            f"{path}: an existing run made with other options; resume it with its own "
+            "options or write to a new path:\n" + "\n".join(differences)
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a worker needs to know of a validated run."""
+
+    attrs: dict[str, Any]
+    layouts: list[StageLayout]
+    image_ids: list[str]
+
+
+def read_run(path: str | Path) -> RunInfo:
+    """Root attrs, stage layouts (from the group attrs) and image ids of a validated run."""
+    root = check_run(path)
+    layouts = []
+    for stage in root.attrs["stages"]:
+        attrs = root[f"stage{stage}"].attrs
+        full_grid = (attrs["full_grid_height"], attrs["full_grid_width"])
+        layouts.append(StageLayout(stage, attrs["n_blocks"], full_grid, attrs["pool"]))
+    image_ids = [str(image_id) for image_id in root["image_id"][...]]
+    return RunInfo(dict(root.attrs), layouts, image_ids)
+
+
+def pending_shards(path: str | Path) -> list[int]:
+    """Shards with at least one image not ``done``: the work a (re)started run has left."""
+    root = check_run(path)
+    done = root["done"][...]
+    shards = n_shards(root.attrs["n_images"], root.attrs["shard_size"])
+    return [s for s in range(shards) if not done[shard_images(root.attrs, s)].all()]
+
+
+def write_attention(
+    path: str | Path, stage: int, block: int, start: int, values: np.ndarray
+) -> None:
+    """Write the matrices of images ``start`` .. ``start + len(values)`` of one block.
+
+    Parameters
+    ----------
+    values : r(b, L, L)
+        float32 matrices; cast to the run's dtype here.
+    """
+    array = _array(path, f"stage{stage}/attention")
+    array[start : start + len(values), block] = values.astype(array.dtype, copy=False)
+
+
+def write_shard(
+    path: str | Path,
+    shard: int,
+    thumbnails: np.ndarray,
+    partial_sums: Mapping[int, np.ndarray],
+) -> None:
+    """Finish a shard whose attention is written: thumbnails, then partial sums, then ``done``.
+
+    In that order, so a run killed at any point never has a ``done`` image whose data is
+    missing; a shard not marked done is computed again and overwrites what it left.
+
+    Parameters
+    ----------
+    thumbnails : uint8 (b, 64, 64, 3)
+        The shard's images, in order.
+    partial_sums : {stage: f64(n_blocks, L, L)}
+        Σ over the shard's images of their float32 matrices, accumulated in float64.
+    """
+    images = shard_images(zarr.open_group(path, mode="r").attrs, shard)
+    _array(path, "thumbnail")[images.start : images.stop] = thumbnails
+    for stage, sums in partial_sums.items():
+        _array(path, f"stage{stage}/partial_sum")[shard] = sums
+    _array(path, "done")[images.start : images.stop] = True
+
+
+def finalise(path: str | Path) -> None:
+    """``attention_mean`` = Σ over shards of ``partial_sum`` / n (float64, cast to float32),
+    mark the run complete, then drop the scratch sums. Safe to repeat after a kill."""
+    check_run(path)
+    root = zarr.open_group(path, mode="r+")
+    attrs = root.attrs
+    if not attrs["complete"]:
+        done = root["done"][...]
+        if not done.all():
+            raise RunError(
+                f"{path}: cannot finalise, {done.size - np.count_nonzero(done)} of "
+                f"{done.size} images are not done"
+            )
+        for stage in attrs["stages"]:
+            group = root[f"stage{stage}"]
+            partial, mean = group["partial_sum"], group["attention_mean"]
+            for block in range(group.attrs["n_blocks"]):
+                total = np.zeros(mean.shape[1:], dtype=np.float64)
+                for shard in range(partial.shape[0]):
+                    total += partial[shard, block]
+                mean[block] = (total / attrs["n_images"]).astype(np.float32)
+        root.attrs["complete"] = True
+    for stage in attrs["stages"]:
+        group = root[f"stage{stage}"]
+        if "partial_sum" in group:
+            del group["partial_sum"]
+    # A write killed midway leaves the temporary file of zarr's LocalStore beside its
+    # target (``<name>.<uuid>.partial``, renamed into place when complete).
+    for stray in Path(path).rglob("*.partial"):
+        stray.unlink()
+
+
+def _array(path: str | Path, name: str) -> zarr.Array:
+    return zarr.open_array(path, path=name, mode="r+")

@@ -1,0 +1,81 @@
+"""Image sources: folders (flat and ImageNet-style), the packaged demo, skipping of files
+that are not readable images, and the crop shared by the model input and the thumbnail."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mambapanel import data
+
+
+def write_image(path, size=(40, 30), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_flat_folder_sorted_with_unreadable_files_skipped_and_named(tmp_path):
+    write_image(tmp_path / "b.png")
+    write_image(tmp_path / "a.jpg", seed=1)
+    (tmp_path / "notes.txt").write_text("not an image")
+    write_image(tmp_path / "whole.jpg", seed=2)
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:200])
+    (tmp_path / "whole.jpg").unlink()
+    write_image(tmp_path / ".hidden" / "c.png")  # tool litter: not listed at all
+    selection = data.select_images(tmp_path)
+    assert [image.image_id for image in selection.images] == ["a.jpg", "b.png"]
+    assert [image.label for image in selection.images] == ["", ""]
+    assert selection.source == str(tmp_path.resolve())
+    assert selection.skipped[0] == "notes.txt: not an image"
+    assert selection.skipped[1].startswith("truncated.jpg: unreadable")
+
+
+def test_imagenet_layout_gives_labels_and_first_n(tmp_path):
+    for name in ("dog/2.png", "cat/1.png", "dog/1.png"):
+        write_image(tmp_path / name)
+    selection = data.select_images(tmp_path, n=2)
+    assert [(i.image_id, i.label) for i in selection.images] == [
+        ("cat/1.png", "cat"),
+        ("dog/1.png", "dog"),
+    ]
+    assert data.image_path(selection.source, "dog/2.png") == tmp_path.resolve() / "dog/2.png"
+
+
+def test_empty_missing_and_too_small_sources_are_errors_naming_the_path(tmp_path):
+    with pytest.raises(data.ImageSourceError, match=f"{tmp_path}: no image"):
+        data.select_images(tmp_path)
+    (tmp_path / "readme.md").write_text("#")
+    with pytest.raises(
+        data.ImageSourceError, match=re.escape("skipped 1: readme.md: not an image")
+    ):
+        data.select_images(tmp_path)
+    with pytest.raises(data.ImageSourceError, match="missing: no such directory"):
+        data.select_images(tmp_path / "missing")
+    write_image(tmp_path / "one.png")
+    with pytest.raises(data.ImageSourceError, match="only 1 readable images, 3 asked for"):
+        data.select_images(tmp_path, n=3)
+
+
+def test_demo_source_and_registry(tmp_path, monkeypatch):
+    demo = data.select_images("demo")
+    assert [i.image_id for i in demo.images] == ["china.jpg", "flower.jpg"]
+    assert demo.source == "demo" and demo.skipped == []
+    assert data.image_path("demo", "china.jpg").is_file()
+    assert [s.image_id for s in data.sample_images()] == ["china.jpg", "flower.jpg"]
+    write_image(tmp_path / "x.png")
+    files = [data.ImageFile("x.png", "thing", tmp_path / "x.png")]
+    monkeypatch.setitem(data.PACKAGED_SOURCES, "tiny", lambda: files)
+    assert data.select_images("tiny").images == files
+    with pytest.raises(data.ImageSourceError, match=re.escape("has no image 'y.png'")):
+        data.image_path("tiny", "y.png")
+
+
+def test_thumbnail_is_the_model_crop():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), np.uint8))
+    thumb = data.thumbnail(image, 16)
+    assert thumb.shape == (16, 16, 3) and thumb.dtype == np.uint8
+    pixels = data.preprocess([image], 16)[0].permute(1, 2, 0).numpy()
+    unnormalised = pixels * np.array(data.IMAGENET_STD) + np.array(data.IMAGENET_MEAN)
+    np.testing.assert_allclose(unnormalised * 255, thumb, atol=1e-3)

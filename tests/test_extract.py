@@ -1,0 +1,219 @@
+"""Extraction on a real LocalCluster into real stores: stored matrices against a direct
+capture, the exact mean, pooling, resume after a real SIGKILL, refusal of other options."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from distributed import LocalCluster
+from test_data import write_image
+
+from compute.__main__ import main
+from compute.extract import report_disk
+from mambapanel import attention, data, extract, store
+
+SIZE = 64  # vmamba-micro grids: 16x16, 8x8, 4x4, 2x2
+IMAGES = ["cat/1.png", "cat/2.png", "cat/3.png", "dog/1.png", "dog/2.png", "dog/3.png"]
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for seed, name in enumerate(IMAGES):
+        write_image(root / name, size=(80 + 8 * seed, 70), seed=seed)
+    (root / "cat" / "notes.txt").write_text("not an image")
+    return root
+
+
+def extract_args(out, folder, *options):
+    return ["extract", "--out", str(out), "--images", str(folder), "--size", str(SIZE), *options]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, folder, scheduler):
+    """Six images, two shards (4 + 2), forward batches of 2, stage 0 pooled 2x2, float16."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    options = ["--batch-size", "2", "--shard-size", "4", "--pool", "0:2", "--dtype", "float16"]
+    assert main([*extract_args(out, folder, *options), "--scheduler", scheduler]) == 0
+    return out
+
+
+def direct_attention(folder, stage):
+    """r(image, block, L, L) float64 of every image at ``stage``, from one direct capture
+    with the weights the workers build (seed 0)."""
+    model = extract.build_model("vmamba-micro", None, None, seed=0)
+    pixels = data.preprocess([data.load_image(folder / name) for name in IMAGES], SIZE)
+    with torch.no_grad(), attention.capture(model) as cap:
+        model(pixels)
+    blocks = range(model.depths[stage])
+    return np.stack([cap.attention(stage=stage, block=b).double().numpy() for b in blocks], 1)
+
+
+def pooled_by_reshape(matrices, side, factor):
+    """Mean over factor x factor windows of queries and keys of r(..., side², side²)."""
+    small = side // factor
+    windows = matrices.reshape(
+        *matrices.shape[:-2], small, factor, small, factor, small, factor, small, factor
+    )
+    return windows.mean((-7, -5, -3, -1)).reshape(*matrices.shape[:-2], small**2, small**2)
+
+
+def test_run_records_images_labels_thumbnails_and_skipped_files(run, folder):
+    tree = store.open_run(run)
+    attrs = tree.attrs
+    assert attrs["model"] == "vmamba-micro" and attrs["order"] == "cross"
+    assert attrs["image_source"] == str(folder.resolve()) and attrs["n_images"] == 6
+    assert attrs["skipped_files"] == ["cat/notes.txt: not an image"]
+    assert attrs["checkpoint"] is None and attrs["seed"] == 0 and attrs["complete"]
+    assert list(tree["image_id"].values) == IMAGES
+    assert list(tree["label"].values) == ["cat"] * 3 + ["dog"] * 3
+    expected = [data.thumbnail(data.load_image(folder / name), 64) for name in IMAGES]
+    np.testing.assert_array_equal(tree["thumbnail"].values, np.stack(expected))
+    assert tree["stage0"].attrs["grid_height"] == 8 and tree["stage0"].attrs["pool"] == 2
+    assert tree["stage1"]["attention"].shape == (6, 2, 64, 64)
+
+
+def test_stored_matrices_match_a_direct_capture_pooled_where_asked(run, folder):
+    tree = store.open_run(run)
+    expected = {0: pooled_by_reshape(direct_attention(folder, 0), 16, 2)}
+    expected[1] = direct_attention(folder, 1)
+    for stage, matrices in expected.items():
+        stored = tree[f"stage{stage}"]["attention"].values
+        assert stored.dtype == np.float16 and stored.shape == matrices.shape
+        # Random weights give |α| ~ 1e-6, below float16's normal range (6.1e-5): its steps
+        # there are 2^-24 apart.
+        np.testing.assert_allclose(stored, matrices, rtol=2**-10, atol=2**-24)
+
+
+def test_attention_mean_is_the_exact_float64_mean_not_the_float16_one(run, folder):
+    tree = store.open_run(run)
+    for stage in (0, 3):
+        exact = direct_attention(folder, stage).mean(0)
+        if stage == 0:
+            exact = pooled_by_reshape(exact, 16, 2)
+        group = tree[f"stage{stage}"]
+        error = np.abs(group["attention_mean"].values - exact).max()
+        float16_error = np.abs(group["attention"].values.astype(np.float64).mean(0) - exact).max()
+        scale = np.abs(exact).max()
+        # Batches of 2 on the workers against one batch of 6 here: float32 rounding apart.
+        assert error < 1e-5 * scale
+        assert error < float16_error / 20
+
+
+def test_float32_run_mean_is_the_mean_of_its_stored_matrices(tmp_path, folder, scheduler):
+    out = tmp_path / "run32"
+    options = ["--stages", "2,3", "--n", "3", "--reduce", "absmean"]  # float32 by default
+    assert main([*extract_args(out, folder, *options), "--scheduler", scheduler]) == 0
+    tree = store.open_run(out)
+    assert tree.attrs["stages"] == [2, 3] and set(tree.children) == {"stage2", "stage3"}
+    for stage in (2, 3):
+        stored = tree[f"stage{stage}"]["attention"].values
+        assert stored.dtype == np.float32 and (stored >= 0).all()  # absmean
+        mean = stored.astype(np.float64).mean(0).astype(np.float32)
+        np.testing.assert_array_max_ulp(tree[f"stage{stage}"]["attention_mean"].values, mean, 1)
+
+
+def test_pool_attention_averages_uneven_edge_windows():
+    matrices = torch.arange(81.0).reshape(1, 9, 9)  # a 3x3 grid
+    pooled = extract.pool_attention(matrices, (3, 3), 2)
+    windows = [[0, 1, 3, 4], [2, 5], [6, 7], [8]]  # row-major 2x2 windows of the 3x3 grid
+    expected = [[matrices[0][q][:, k].mean() for k in windows] for q in windows]
+    torch.testing.assert_close(pooled[0], torch.tensor(expected))
+
+
+def test_plan_refuses_unknown_stages_and_oversized_pools():
+    with pytest.raises(ValueError, match=r"stages \[0, 1, 2, 3\]; asked for stage\(s\) \[4\]"):
+        extract.plan_run(model="vmamba-micro", image_size=SIZE, stages=[4])
+    with pytest.raises(ValueError, match=r"pool factor 4 for stage 3 must lie in 1\.\.2"):
+        extract.plan_run(model="vmamba-micro", image_size=SIZE, pool=4)
+
+
+def test_disk_report_before_a_run_offers_pool_for_a_large_stage(tmp_path, capsys):
+    plan = extract.plan_run(model="vmamba-micro", image_size=224, dtype="float16")
+    report_disk(tmp_path / "run", plan, n_images=1000)
+    printed = capsys.readouterr().out
+    # 1000 images x 2 blocks x 3136² x 2 bytes, and one float64 sum per block and shard.
+    assert "    0   56x56    1      2   36.7 GiB    9.2 GiB" in printed
+    assert "hint: stage 0 needs 36.6 GiB; --pool 0:2 averages 2x2 patches" in printed
+    assert "hint: stage 1 needs 2.3 GiB" in printed and "hint: stage 2" not in printed
+
+
+def test_a_complete_run_is_left_as_it_is_and_other_weights_are_refused(
+    run, folder, tmp_path, capsys
+):
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    options = ["--batch-size", "2", "--shard-size", "4", "--pool", "0:2", "--dtype", "float16"]
+    assert main(extract_args(run, folder, *options)) == 0  # no cluster is started
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    checkpoint = tmp_path / "micro.pth"
+    torch.save(extract.build_model("vmamba-micro", None, None, seed=1).state_dict(), checkpoint)
+    capsys.readouterr()
+    assert main([*extract_args(run, folder, *options), "--checkpoint", str(checkpoint)]) == 2
+    error = capsys.readouterr().err
+    assert "checkpoint_sha256: the run has None (checkpoint None), asked for '" in error
+    assert f"(checkpoint {checkpoint})" in error
+    with pytest.raises(store.RunError, match="the run is complete"):
+        extract.extract_shard(run, 0, batch_size=2)
+
+
+def count_done(out):
+    try:
+        return int(np.count_nonzero(zarr.open_array(out, path="done", mode="r")[...]))
+    except (FileNotFoundError, zarr.errors.BaseZarrError):  # not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, scheduler):
+    out = tmp_path / "killed"
+    # Six one-image shards at 96 px: time to kill between the first image done and the last.
+    options = ["--size", "96", "--batch-size", "1", "--shard-size", "1", "--workers", "2"]
+    command = [sys.executable, "-m", "compute", *extract_args(out, folder, *options)]
+    # Its own session: the kill reaches the client, the nannies and the workers at once.
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while count_done(out) == 0 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_at_kill = count_done(out)
+    assert 0 < done_at_kill < len(IMAGES), "the kill must fall between the first and last image"
+    assert not store.read_run(out).attrs["complete"]
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done_at_kill} done, {len(IMAGES) - done_at_kill} to compute" in resumed.stdout
+
+    reference = tmp_path / "uninterrupted"
+    reference_options = [*options[:-2], "--scheduler", scheduler]
+    assert main(extract_args(reference, folder, *reference_options)) == 0
+    killed, whole = store.open_run(out), store.open_run(reference)
+    for stage in range(4):
+        for name in ("attention", "attention_mean"):
+            np.testing.assert_array_equal(
+                killed[f"stage{stage}"][name].values, whole[f"stage{stage}"][name].values
+            )
+        assert "partial_sum" not in killed[f"stage{stage}"]
+    np.testing.assert_array_equal(killed["thumbnail"].values, whole["thumbnail"].values)
+
+    other_order = subprocess.run(
+        [*command, "--order", "morton"], capture_output=True, text=True, timeout=300
+    )
+    assert other_order.returncode == 2
+    assert "order: the run has 'cross', asked for 'morton'" in other_order.stderr
