@@ -1,0 +1,566 @@
+"""Dimensionality reduction of stored hidden attention (design.md §6): PCA, randomized and out
+of core on dask arrays; t-SNE and UMAP after PCA; and the embeddings that a run stores.
+
+Two feature sets, from the paper's Algorithms 1 and 2:
+
+- inter-block (Mode 1): every (image, block) matrix of a stage, flattened to L² features;
+  ``embedding_inter`` (method, image, block, xy) in the stage group.
+- intra-block (Mode 2): the L rows of one block's ``attention_mean`` (query patch i's
+  attention over the L keys); ``embedding_intra`` (method, block, query, xy).
+
+Each embedding variable's ``reduce_params`` attr is a JSON object {method: parameters}, the
+parameters as resolved for that variable's point count (see :func:`embedding_params`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from sklearn.manifold import TSNE
+from tqdm import tqdm
+
+from mambapanel.store import open_run
+
+METHODS = ("pca", "tsne", "umap")
+XY = ("x", "y")
+PARAMS_ATTR = "reduce_params"
+
+# Randomized PCA (Halko, Martinsson & Tropp 2011, subspace iteration): a sketch of
+# n_components + 10 columns and four power iterations with QR, as sklearn's randomized PCA.
+_PCA_POWER_ITERATIONS = 4
+_PCA_OVERSAMPLES = 10
+# Dask features are read a block of rows at a time: about 256 MiB of float32, and at least
+# 128 rows, since each block adds a product the size of (n_features, sketch width) to the
+# running sum of features.T @ basis (memory-bound: tall blocks make it rare).
+_BLOCK_ELEMENTS = 2**26
+_MIN_BLOCK_ROWS = 128
+# Dask features up to this size (as float32) are loaded once for the PCA's 11 passes, since
+# re-reading and decompressing them at every pass costs more; larger ones are re-read.
+_IN_MEMORY_BYTES = 2**30
+
+_TSNE_DEFAULTS: dict[str, Any] = {
+    "perplexity": 30.0,
+    "early_exaggeration": 12.0,
+    "learning_rate": "auto",
+    "max_iter": 1000,
+    "metric": "euclidean",
+    "init": "pca",
+    "angle": 0.5,
+}
+_UMAP_DEFAULTS: dict[str, Any] = {
+    "n_neighbors": 15,
+    "min_dist": 0.1,
+    "spread": 1.0,
+    "metric": "euclidean",
+    "init": "spectral",
+    "n_epochs": None,
+}
+
+Features = np.ndarray | da.Array
+
+
+def embedding_params(
+    method: str,
+    n_points: int,
+    n_features: int,
+    *,
+    seed: int = 0,
+    n_pca: int = 100,
+    **params: Any,
+) -> dict[str, Any]:
+    """The parameters that :func:`embed` uses for ``method`` on input of this size.
+
+    User ``params`` override the defaults, then the neighbourhood sizes are clipped to the
+    point count: t-SNE's ``perplexity`` to at most (n_points - 1) / 3 (its Barnes-Hut
+    gradient uses 3 x perplexity neighbours) and at least 1, UMAP's ``n_neighbors`` to
+    n_points - 1. ``pca_components`` is the width of the PCA that runs before t-SNE and
+    UMAP, ``None`` when the input is at most ``n_pca`` features wide.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable; stored as the method's entry of ``reduce_params``.
+
+    Raises
+    ------
+    ValueError
+        An unknown method or parameter, or fewer than 3 points.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if n_points < 3:
+        raise ValueError(
+            f"{method} needs at least 3 points, got {n_points} (features of shape "
+            f"({n_points}, {n_features}))"
+        )
+    if method == "pca":
+        if params:
+            raise ValueError(f"pca takes no parameters, got {sorted(params)}")
+        return {
+            "seed": seed,
+            "solver": "randomized",
+            "n_power_iter": _PCA_POWER_ITERATIONS,
+            "n_oversamples": _PCA_OVERSAMPLES,
+        }
+    defaults = _TSNE_DEFAULTS if method == "tsne" else _UMAP_DEFAULTS
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"{method} takes parameters {sorted(defaults)}, got unknown {unknown}")
+    resolved = {**defaults, **params}
+    if method == "tsne":
+        resolved["perplexity"] = min(float(resolved["perplexity"]), max(1.0, (n_points - 1) / 3))
+    else:
+        resolved["n_neighbors"] = min(int(resolved["n_neighbors"]), n_points - 1)
+        # The spectral layout needs more points than n_components + 1 eigenvectors.
+        if resolved["init"] == "spectral" and n_points <= len(XY) + 1:
+            resolved["init"] = "random"
+    pca_components = min(n_pca, n_points) if n_features > n_pca else None
+    return {"seed": seed, "pca_components": pca_components, **resolved}
+
+
+def embed(
+    features: Features, method: str, *, seed: int = 0, n_pca: int = 100, **params: Any
+) -> np.ndarray:
+    """Embed points in 2-D with PCA, t-SNE or UMAP.
+
+    Parameters
+    ----------
+    features : r(n_points, n_features), numpy or dask
+        One point per row. A dask array is never loaded whole: PCA runs out of core on it
+        (:func:`pca`), and t-SNE and UMAP see only its PCA to ``n_pca`` dimensions.
+    method : "pca", "tsne" or "umap"
+    seed : int
+        Seeds the randomized PCA and the method; the same seed gives the same output.
+    n_pca : int
+        t-SNE and UMAP run after PCA to this many dimensions when the input is wider.
+    **params
+        Method parameters, see :func:`embedding_params` for names and defaults.
+
+    Returns
+    -------
+    f32(n_points, 2)
+    """
+    n_points, n_features = _feature_shape(features)
+    resolved = embedding_params(method, n_points, n_features, seed=seed, n_pca=n_pca, **params)
+    return _embed_resolved(features, method, resolved, pca_cache={})
+
+
+def pca(features: Features, n_components: int, *, seed: int = 0) -> np.ndarray:
+    """Randomized PCA scores, out of core for dask input.
+
+    Every pass multiplies the features, centred one block of rows at a time, by a thin
+    matrix. Passes: one for the column means, one for the sketch, two per power iteration,
+    one for the final projection: 11 in all (3, and the result exact, when n_points or
+    n_features is at most n_components + 10). Dask features larger than 1 GiB as float32
+    are re-read at every pass, so memory holds one block of rows (at least 128) and two
+    (n_features, n_components + 10) matrices, whatever n_points; smaller ones are loaded
+    once. Each component's sign makes its largest score positive.
+
+    Parameters
+    ----------
+    features : r(n_points, n_features), numpy or dask
+    n_components : int
+        At most min(n_points, n_features).
+
+    Returns
+    -------
+    f32 or f64 (n_points, n_components)
+        float64 for float64 input, else float32 (the stored attention is float16 or float32).
+
+    Raises
+    ------
+    ValueError
+        ``n_components`` out of range, or features that hold NaN or infinite values.
+    """
+    n_points, n_features = _feature_shape(features)
+    if not 1 <= n_components <= min(n_points, n_features):
+        raise ValueError(
+            f"n_components must be in 1 .. {min(n_points, n_features)} for features of shape "
+            f"({n_points}, {n_features}), got {n_components}"
+        )
+    dtype = np.result_type(features.dtype, np.float32)
+    if isinstance(features, da.Array) and n_points * n_features * 4 <= _IN_MEMORY_BYTES:
+        features = features.compute()
+    if not isinstance(features, da.Array):
+        features = np.asarray(features, dtype=dtype)
+    rows = _RowBlocks(features, dtype)
+    total = np.zeros(n_features)
+    for _, block in rows:
+        total += block.sum(axis=0, dtype=np.float64)
+    # Any NaN or infinity reaches the mean, so this pass checks the features for free.
+    if not np.isfinite(total).all():
+        raise ValueError(
+            f"features of shape {features.shape} hold NaN or infinite values (a matrix that "
+            "was never written?)"
+        )
+    rows.mean = (total / n_points).astype(dtype)
+
+    width = min(n_components + _PCA_OVERSAMPLES, n_points, n_features)
+    omega = np.random.default_rng(seed).standard_normal((n_features, width), dtype=dtype)
+    sketch = rows.times(omega)
+    del omega
+    # A sketch as wide as the smaller side already spans the data: iterating changes nothing.
+    exact = width == min(n_points, n_features)
+    for _ in range(0 if exact else _PCA_POWER_ITERATIONS):
+        sketch = rows.times(rows.transpose_times(_orthonormal(sketch)))
+    basis = _orthonormal(sketch)
+    # Rayleigh-Ritz: centred ~ basis @ (basis.T @ centred), whose left singular vectors and
+    # values follow from the small Gram matrix of basis.T @ centred.
+    eigenvalues, eigenvectors = np.linalg.eigh(_gram(rows.transpose_times(basis)))
+    top = np.argsort(eigenvalues)[::-1][:n_components]
+    # Centred data has rank < n_points: clip the rounding below zero of null directions.
+    singular_values = np.sqrt(np.clip(eigenvalues[top], 0, None))
+    scores = (basis @ eigenvectors[:, top] * singular_values).astype(dtype)
+    largest = scores[np.argmax(np.abs(scores), axis=0), np.arange(n_components)]
+    return scores * np.where(largest < 0, -1, 1).astype(dtype)
+
+
+class _RowBlocks:
+    """Features as blocks of rows, cast to ``dtype`` and, once ``mean`` is set, centred.
+
+    Numpy features are one block. Dask features are read one block at a time, anew at each
+    pass, so that they never sit in memory whole.
+    """
+
+    def __init__(self, features: Features, dtype: np.dtype) -> None:
+        self.features = features
+        self.dtype = dtype
+        self.mean: np.ndarray | None = None
+        n_points, n_features = features.shape
+        if isinstance(features, da.Array):
+            self.rows = min(n_points, max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // n_features))
+        else:
+            self.rows = n_points
+
+    def __iter__(self) -> Iterator[tuple[slice, np.ndarray]]:
+        """(rows, r(rows, n_features)) for each block in turn."""
+        for start in range(0, self.features.shape[0], self.rows):
+            span = slice(start, start + self.rows)
+            block = self.features[span]
+            if isinstance(block, da.Array):
+                block = block.compute()
+            block = np.asarray(block, dtype=self.dtype)
+            yield span, block if self.mean is None else block - self.mean
+
+    def times(self, matrix: np.ndarray) -> np.ndarray:
+        """(n_points, k) = (centred) features @ matrix, for r(n_features, k): one pass."""
+        product = np.empty((self.features.shape[0], matrix.shape[1]), dtype=self.dtype)
+        for span, block in self:
+            product[span] = block @ matrix
+        return product
+
+    def transpose_times(self, matrix: np.ndarray) -> np.ndarray:
+        """(n_features, k) = (centred) features.T @ matrix, for r(n_points, k): one pass."""
+        product = np.zeros((self.features.shape[1], matrix.shape[1]), dtype=self.dtype)
+        matrix = matrix.astype(self.dtype)
+        for span, block in self:
+            product += block.T @ matrix[span]
+        return product
+
+
+def _orthonormal(sketch: np.ndarray) -> np.ndarray:
+    """f64(n, k): an orthonormal basis of the columns of ``sketch`` r(n, k)."""
+    return np.linalg.qr(sketch.astype(np.float64))[0]
+
+
+def _gram(matrix: np.ndarray) -> np.ndarray:
+    """f64(k, k) = matrix.T @ matrix for r(n, k), summed in float64 (the Gram matrix squares
+    the singular values) 8 MiB of rows at a time, never copying ``matrix`` whole."""
+    gram = np.zeros((matrix.shape[1], matrix.shape[1]))
+    step = max(1, 2**20 // matrix.shape[1])
+    for start in range(0, len(matrix), step):
+        part = matrix[start : start + step].astype(np.float64)
+        gram += part.T @ part
+    return gram
+
+
+def inter_block_features(attention: xr.DataArray | Features) -> da.Array:
+    """Algorithm 1's points: every (image, block) matrix of a stage, flattened.
+
+    Parameters
+    ----------
+    attention : r(image, block, query, key), L = query = key
+        A DataArray (its dims are put in this order), a dask or a numpy array. Other input
+        than dask is chunked one image-block per chunk; a DataArray opened without
+        ``chunks={}`` loads whole on that, so open a run with ``chunks={}`` to stay lazy.
+
+    Returns
+    -------
+    dask r(image * block, L * L)
+        Point ``image * n_blocks + block``: image-major, as ``reshape(n_images, n_blocks)``
+        of an embedding expects.
+    """
+    if isinstance(attention, xr.DataArray):
+        attention = attention.transpose("image", "block", "query", "key")
+        if not isinstance(attention.data, da.Array):
+            attention = attention.chunk({"image": 1, "block": 1})
+        attention = attention.data
+    elif not isinstance(attention, da.Array):
+        attention = da.from_array(attention, chunks=(1, 1, *np.shape(attention)[2:]))
+    if attention.ndim != 4 or attention.shape[2] != attention.shape[3]:
+        raise ValueError(
+            f"attention must be (image, block, query, key) with query = key, got shape "
+            f"{attention.shape}"
+        )
+    n_images, n_blocks, n_patches, _ = attention.shape
+    return attention.reshape(n_images * n_blocks, n_patches * n_patches)
+
+
+def intra_block_features(attention_mean_block: xr.DataArray | np.ndarray) -> np.ndarray:
+    """Algorithm 2's points: the rows of one block's image-mean matrix.
+
+    Parameters
+    ----------
+    attention_mean_block : r(query, key), L = query = key
+        Row i is query patch i's attention over all L key patches.
+
+    Returns
+    -------
+    r(L, L)
+    """
+    if isinstance(attention_mean_block, xr.DataArray):
+        attention_mean_block = attention_mean_block.transpose("query", "key").values
+    matrix = np.asarray(attention_mean_block)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(
+            f"attention_mean of one block must be (query, key) with query = key, got shape "
+            f"{matrix.shape}"
+        )
+    return matrix
+
+
+def reduce_run(
+    path: str | Path,
+    methods: Iterable[str] = METHODS,
+    *,
+    seed: int = 0,
+    stages: Iterable[int] | None = None,
+    n_pca: int = 100,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> None:
+    """Add ``embedding_inter`` and ``embedding_intra`` for ``methods`` to a complete run.
+
+    Writes into the existing store: per stage group, the two embedding variables and the
+    ``method`` and ``xy`` coordinates, nothing else. A method already stored with the same
+    resolved parameters is kept as it is; one stored with other parameters, or every
+    requested method with ``force``, is computed again. Other stored methods are kept.
+
+    Parameters
+    ----------
+    path : a run made by ``python -m compute extract``
+    methods : some of "pca", "tsne", "umap"
+    seed : int
+        Recorded with each method's parameters.
+    stages : stage numbers (default: every stage of the run)
+    n_pca : int
+        t-SNE and UMAP run after PCA to this many dimensions when the input is wider.
+    method_params : {method: {parameter: value}}
+        Overrides of the defaults, see :func:`embedding_params`.
+    force : bool
+        Recompute methods that are stored with the same parameters.
+    progress : bool
+        Show a progress bar over stages x methods.
+
+    Raises
+    ------
+    mambapanel.store.RunError
+        ``path`` is not a complete run.
+    ValueError
+        An unknown method or parameter, or a stage that the run does not store.
+    """
+    methods = list(dict.fromkeys(methods))
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    method_params = dict(method_params or {})
+    unknown = sorted(set(method_params) - set(methods))
+    if unknown:
+        raise ValueError(f"method_params for {unknown}, which are not among methods {methods}")
+    open_run(path)  # the validation: a complete run of a format this version reads
+    # open_run's variables load whole into a memory cache on first use; chunks={} keeps them
+    # lazy (dask, one zarr chunk per dask chunk), so that PCA streams the attention.
+    tree = xr.open_datatree(path, engine="zarr", consolidated=False, chunks={})
+    stored_stages = tree.attrs["stages"]
+    stages = stored_stages if stages is None else list(stages)
+    missing = sorted(set(stages) - set(stored_stages))
+    if missing:
+        raise ValueError(f"{path}: stores stages {stored_stages}, not {missing}")
+    with tqdm(
+        total=len(stages) * len(methods), desc="reduce", unit="embedding", disable=not progress
+    ) as bar:
+        for stage in stages:
+            name = f"stage{stage}"
+            _reduce_stage(path, name, tree[name], methods, seed, n_pca, method_params, force, bar)
+
+
+def _reduce_stage(
+    path: str | Path,
+    group_name: str,
+    node: xr.DataTree,
+    methods: list[str],
+    seed: int,
+    n_pca: int,
+    method_params: dict[str, Mapping[str, Any]],
+    force: bool,
+    bar: tqdm,
+) -> None:
+    """Compute what ``methods`` lack in one stage group, then write the stage's embeddings."""
+    attention = node["attention"]
+    n_images, n_blocks = attention.sizes["image"], attention.sizes["block"]
+    n_patches = attention.sizes["query"]
+    inter_features = inter_block_features(attention)
+    # Both variables load whole: a few floats per point.
+    inter = _stored(node, "embedding_inter")
+    intra = _stored(node, "embedding_intra")
+    # t-SNE and UMAP share one PCA of each feature set: {width: scores}.
+    inter_pca: dict[int, np.ndarray] = {}
+    intra_pca: list[dict[int, np.ndarray]] = [{} for _ in range(n_blocks)]
+    changed = False
+    for method in methods:
+        bar.set_postfix_str(f"{group_name} {method}")
+        kwargs = {"seed": seed, "n_pca": n_pca, **method_params.get(method, {})}
+        inter_params = embedding_params(method, n_images * n_blocks, n_patches**2, **kwargs)
+        intra_params = embedding_params(method, n_patches, n_patches, **kwargs)
+        if (
+            force
+            or _as_json(inter_params) != inter.get(method, (None, None))[1]
+            or _as_json(intra_params) != intra.get(method, (None, None))[1]
+        ):
+            points = _embed_resolved(inter_features, method, inter_params, inter_pca)
+            inter[method] = (points.reshape(n_images, n_blocks, len(XY)), inter_params)
+            block_points = [
+                _embed_resolved(
+                    intra_block_features(node["attention_mean"].isel(block=block)),
+                    method,
+                    intra_params,
+                    intra_pca[block],
+                )
+                for block in range(n_blocks)
+            ]
+            intra[method] = (np.stack(block_points), intra_params)
+            changed = True
+        bar.update()
+    if changed:
+        _write_embeddings(path, group_name, inter, intra)
+
+
+def _stored(node: xr.DataTree, name: str) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """{method: (values, parameters)} of an embedding variable, empty when there is none."""
+    if name not in node.data_vars:
+        return {}
+    variable = node[name]
+    params = json.loads(variable.attrs[PARAMS_ATTR])
+    values = variable.values
+    return {
+        str(method): (values[i], params[str(method)])
+        for i, method in enumerate(variable["method"].values)
+    }
+
+
+def _write_embeddings(
+    path: str | Path,
+    group_name: str,
+    inter: dict[str, tuple[np.ndarray, dict[str, Any]]],
+    intra: dict[str, tuple[np.ndarray, dict[str, Any]]],
+) -> None:
+    """Replace one stage group's embedding variables with ``inter`` and ``intra``, both
+    {method: (values, parameters)} for the same methods."""
+    methods = list(inter)
+    n_images, n_blocks = inter[methods[0]][0].shape[:2]
+    n_patches = intra[methods[0]][0].shape[1]
+    embeddings = xr.Dataset(
+        {
+            name: (
+                dims,
+                np.stack([variable[method][0] for method in methods]).astype(np.float32),
+                {PARAMS_ATTR: json.dumps({method: variable[method][1] for method in methods})},
+            )
+            for name, dims, variable in (
+                ("embedding_inter", ("method", "image", "block", "xy"), inter),
+                ("embedding_intra", ("method", "block", "query", "xy"), intra),
+            )
+        },
+        # object dtype: zarr v3 specifies variable-length strings, not numpy's fixed "<U".
+        coords={"method": np.array(methods, dtype=object), "xy": np.array(XY, dtype=object)},
+    )
+    group = zarr.open_group(path, path=group_name, mode="r+")
+    # to_zarr cannot resize the method dimension of existing arrays, so these small arrays
+    # are replaced whole (stored methods are rewritten with the values just read).
+    for name in ("embedding_inter", "embedding_intra", "method"):
+        if name in group:
+            del group[name]
+    # to_zarr(mode="a") replaces the group's attrs with the dataset's: carry them over.
+    embeddings.attrs = group.attrs.asdict()
+    embeddings.to_zarr(
+        path,
+        group=group_name,
+        mode="a",
+        consolidated=False,
+        encoding={
+            # One method of Mode 1, or one (method, block) of Mode 2, is one chunk.
+            "embedding_inter": {"chunks": (1, n_images, n_blocks, len(XY))},
+            "embedding_intra": {"chunks": (1, 1, n_patches, len(XY))},
+        },
+    )
+
+
+def _embed_resolved(
+    features: Features,
+    method: str,
+    params: dict[str, Any],
+    pca_cache: dict[int, np.ndarray],
+) -> np.ndarray:
+    """:func:`embed` with resolved ``params``; ``pca_cache`` {width: scores} lets several
+    methods share the PCA of the same features."""
+    seed = params["seed"]
+    if method == "pca":
+        return pca(features, len(XY), seed=seed).astype(np.float32)
+    width = params["pca_components"]
+    if width is None:
+        points = features.compute() if isinstance(features, da.Array) else features
+    else:
+        if width not in pca_cache:
+            pca_cache[width] = pca(features, width, seed=seed)
+        points = pca_cache[width]
+    settings = {k: v for k, v in params.items() if k not in ("seed", "pca_components")}
+    if method == "tsne":
+        model = TSNE(n_components=len(XY), random_state=seed, **settings)
+    else:
+        # Seeded UMAP runs single-threaded (it warns and overrides any other n_jobs).
+        model = _umap_class()(n_components=len(XY), random_state=seed, n_jobs=1, **settings)
+    return model.fit_transform(np.asarray(points)).astype(np.float32)
+
+
+def _umap_class() -> type:
+    """umap.UMAP, imported on first use: its import compiles numba code, ~20-40 s cold."""
+    # A persistent user cache for numba's compiled functions makes later imports take ~3 s.
+    # Only effective before numba is first imported (datashader imports it too).
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache / "mambapanel" / "numba"))
+    with warnings.catch_warnings():
+        # umap's __init__ warns that ParametricUMAP (TensorFlow) is unavailable; unused here.
+        warnings.filterwarnings("ignore", "Tensorflow not installed", ImportWarning)
+        from umap import UMAP
+    return UMAP
+
+
+def _feature_shape(features: Features) -> tuple[int, int]:
+    if features.ndim != 2:
+        raise ValueError(f"features must be 2-D (n_points, n_features), got shape {features.shape}")
+    return features.shape
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON attr (tuples become lists)."""
+    return json.loads(json.dumps(value))
