@@ -1,0 +1,202 @@
+"""Responsiveness of the dashboard (a script, not a test). Three figures, with targets:
+
+1. lasso -> patch view, p² = 3,136 points (Mode 2 of a stage-0 block at 224 px): server
+   time from a Lasso stream event to the updated patch grid, scatter highlight and status,
+   all Bokeh models updated (target <= 100 ms);
+2. lasso -> views, 1,000,000 inter-block points (Mode 1; a synthetic embedding of 125,000
+   images x 8 blocks, since no run here has that many): the same path, Datashader
+   re-shading the selected points (target <= 300 ms);
+3. ``panel serve`` start -> first render of a stage-0 run in headless Chromium: the page is
+   polled until the scatterplot, patch and image figures are drawn (target <= 5 s).
+
+    python benchmarks/bench_dashboard.py                  # builds a stage-0 run (~30 s)
+    python benchmarks/bench_dashboard.py --run runs/NAME  # any run with a 56x56 stage 0
+
+The events are fired in this process on an Explorer rendered into a Bokeh document (as a
+served session does; the stream callbacks hold it as they do there); not timed are the
+websocket and the browser's drawing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import panel as pn
+from bokeh.document import Document
+from panel.io.state import set_curdoc
+from playwright.sync_api import sync_playwright
+
+from mambapanel.views import Explorer, RunData
+from mambapanel.views.data import Embedding
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DRAWN_JS = """() => ["scatterplot", "patch-view", "image-view"].every(
+  (name) => [...Bokeh.index.all_views()].some((v) => v.model.name === name))"""
+
+
+class SyntheticRun(RunData):
+    """A stand-in run held in memory: ``n_images`` x ``n_blocks`` Mode 1 points in one
+    Gaussian cluster per block, a 7 x 7 grid, random attention; nothing on disk."""
+
+    def __init__(self, n_images: int, n_blocks: int, seed: int = 0) -> None:
+        self.path, self.name = Path("synthetic"), "synthetic"
+        self._rng = np.random.default_rng(seed)
+        self._n_images, self._n_blocks = n_images, n_blocks
+        centres = self._rng.normal(scale=8.0, size=(n_blocks, 2))
+        points = centres + self._rng.normal(size=(n_images, n_blocks, 2))
+        image, block = np.divmod(np.arange(n_images * n_blocks), n_blocks)
+        flat = points.reshape(-1, 2)
+        self._points = Embedding(flat[:, 0], flat[:, 1], image=image, block=block)
+        self._ids = [f"image{i:06d}" for i in range(n_images)]
+
+    stages = property(lambda self: [0])
+    image_ids = property(lambda self: self._ids)
+    order = property(lambda self: "cross")
+
+    def n_blocks(self, stage: int) -> int:
+        return self._n_blocks
+
+    def grid(self, stage: int) -> tuple[int, int]:
+        return 7, 7
+
+    full_grid = grid
+
+    def pool(self, stage: int) -> int:
+        return 1
+
+    def methods(self, stage: int) -> list[str]:
+        return ["pca"]
+
+    def inter_embedding(self, stage: int, method: str) -> Embedding:
+        return self._points
+
+    def intra_embedding(self, stage: int, block: int, method: str) -> Embedding:
+        row, col = np.divmod(np.arange(49), 7)
+        x, y = self._rng.normal(size=(2, 49))
+        return Embedding(x, y, row=row, col=col)
+
+    def attention_row(self, stage: int, block: int, patch: tuple[int, int]) -> np.ndarray:
+        return self._rng.random((7, 7), dtype=np.float32)
+
+    def image_attention_row(self, stage, block, image, patch) -> np.ndarray:
+        return self._rng.random((7, 7), dtype=np.float32)
+
+    def thumbnail(self, image: int) -> np.ndarray:
+        return np.zeros((64, 64, 3), dtype=np.uint8)
+
+
+def stage0_run(workdir: Path) -> Path:
+    """A real run of stage 0 at 224 px (56 x 56 patches, 2 images) with PCA embeddings."""
+    run = workdir / "stage0"
+    for command in (
+        ["extract", "--model", "vmamba-micro", "--images", "demo", "--n", "2", "--size", "224",
+         "--stages", "0", "--workers", "1", "--out", str(run)],
+        ["reduce", str(run), "--methods", "pca"],
+    ):  # fmt: skip
+        subprocess.run([sys.executable, "-m", "compute", *command], check=True, cwd=ROOT)
+    return run
+
+
+def lasso_times(explorer: Explorer, repeats: int, seed: int = 0) -> list[float]:
+    """Seconds per Lasso event on the left scatterplot: random 40-gons around random points."""
+    document = Document()
+    document.add_root(explorer.__panel__().get_root(document))
+    scatter = explorer.sides[0].scatter
+    rng = np.random.default_rng(seed)
+    spread = np.array([np.ptp(scatter.points.x), np.ptp(scatter.points.y)])
+    angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    times = []
+    with set_curdoc(document):
+        for repeat in range(repeats + 2):  # two warm-ups: imports, Numba compilation
+            centre_index = rng.integers(len(scatter.points))
+            centre = np.array([scatter.points.x[centre_index], scatter.points.y[centre_index]])
+            radius = spread * rng.uniform(0.05, 0.25)
+            polygon = centre + radius * np.c_[np.cos(angles), np.sin(angles)]
+            started = time.perf_counter()
+            scatter.lasso.event(geometry=polygon)
+            if repeat >= 2:
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def first_render_time(run: Path) -> float:
+    """Seconds from starting ``panel serve`` to the three figures drawn in Chromium."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/explorer"
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "panel", "serve", "dashboards/explorer.py", "--port",
+             str(port), "--address", "127.0.0.1", "--allow-websocket-origin",
+             f"127.0.0.1:{port}", "--args", str(run)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            # Knock until the server listens; a page request before that would fail, and
+            # one that times out would start a second session.
+            while True:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if time.perf_counter() - started > 60:
+                    raise TimeoutError(f"panel serve is not listening on port {port}")
+                time.sleep(0.02)
+            page.goto(url, timeout=60_000)
+            page.wait_for_function(DRAWN_JS, timeout=60_000, polling=20)
+            return time.perf_counter() - started
+        finally:
+            server.terminate()
+            server.wait()
+            browser.close()
+
+
+def report(name: str, times: list[float], target: float) -> None:
+    median, worst = statistics.median(times), max(times)
+    verdict = "meets" if median <= target else "MISSES"
+    print(
+        f"{name}: median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms over {len(times)} "
+        f"events ({verdict} the {target * 1000:.0f} ms target)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, help="a run with a 56x56 stage 0 (default: build)")
+    parser.add_argument("--repeat", type=int, default=20, help="lasso events per case")
+    args = parser.parse_args()
+    print(f"{platform.node()}: {platform.processor() or platform.machine()}, Python "
+          f"{platform.python_version()}, panel {pn.__version__}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as workdir:
+        run = args.run or stage0_run(Path(workdir))
+        explorer = Explorer(run, stage=0, block=0)
+        points = len(explorer.sides[0].scatter.points)
+        report(f"lasso -> patch view, p² = {points}", lasso_times(explorer, args.repeat), 0.1)
+        synthetic = Explorer(SyntheticRun(125_000, 8), stage=0, block=None)
+        points = len(synthetic.sides[0].scatter.points)
+        report(
+            f"lasso -> views, {points:,} inter-block points",
+            lasso_times(synthetic, args.repeat),
+            0.3,
+        )
+        seconds = first_render_time(run)
+        verdict = "meets" if seconds <= 5 else "MISSES"
+        print(f"panel serve -> first render (stage 0): {seconds:.2f} s ({verdict} the 5 s target)")
+
+
+if __name__ == "__main__":
+    main()
