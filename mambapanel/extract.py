@@ -203,8 +203,10 @@ def extract_shard(path: str | Path, shard: int, batch_size: int) -> int:
                     matrices = cap.attention(
                         stage=layout.stage, block=block, reduce=attrs["reduce"]
                     )
-                    matrices = pool_attention(matrices, layout.full_grid, layout.pool).numpy()
-                    sums[layout.stage][block] += matrices.sum(0, dtype=np.float64)
-                    store.write_attention(path, layout.stage, block, start, matrices)
+                    matrices = pool_attention(matrices, layout.full_grid, layout.pool)
+                    sums[layout.stage][block] += matrices.numpy().sum(0, dtype=np.float64)
+                    # torch casts to float16 ~9x faster than numpy (same rounding).
+                    stored = matrices.to(getattr(torch, attrs["dtype"])).numpy()
+                    store.write_attention(path, layout.stage, block, start, stored)
     store.write_shard(path, shard, np.stack(thumbnails), sums)
     return len(images)

@@ -406,7 +406,7 @@ def write_attention(
     Parameters
     ----------
     values : r(b, L, L)
-        float32 matrices; cast to the run's dtype here.
+        Matrices, best already in the run's dtype; cast here otherwise.
     """
     array = _array(path, f"stage{stage}/attention")
     array[start : start + len(values), block] = values.astype(array.dtype, copy=False)
