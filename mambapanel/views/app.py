@@ -1,0 +1,28 @@
+"""What ``panel serve dashboards/...`` shows: an Explorer of the runs named on the command
+line, or, when one cannot be opened, the reason in the page instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import panel as pn
+
+from mambapanel.store import RunError
+from mambapanel.views.explorer import Explorer
+
+USAGE = "panel serve dashboards/explorer.py --args RUN [RUN ...]"
+
+
+def dashboard(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
+    """An :class:`Explorer` of the runs at ``paths`` with ``params`` (e.g. ``compare``), or
+    an error message naming the run that could not be opened and why."""
+    try:
+        return Explorer(list(paths), **params)
+    except RunError as err:
+        return pn.Column(
+            pn.pane.Markdown("### mambapanel: cannot open the run"),
+            # Str, not Markdown: a path's underscores and asterisks are not formatting.
+            pn.pane.Str(str(err), css_classes=["mambapanel-error"]),
+            pn.pane.Str(f"usage: {USAGE}"),
+        )

@@ -1,0 +1,352 @@
+"""The Explorer: header (run, stage, block, DR method, colour scale, image), the linked
+Scatterplot, Patch and Image views, a compare layout (two blocks or two runs), URL state and
+export. ``Explorer(run)`` is the dashboard and a notebook cell's value alike.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import panel as pn
+import param
+
+from mambapanel.views import export
+from mambapanel.views.data import RunData, RunsLike, load_runs
+from mambapanel.views.image import ImageView
+from mambapanel.views.patch import PatchView
+from mambapanel.views.scatter import ScatterView
+from mambapanel.views.style import SCALES
+from mambapanel.views.url import Address
+from mambapanel.views.widgets import image_chooser, linked_menu
+
+ALL_BLOCKS = "all (Mode 1)"
+COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
+STATUS_PATCHES = 40  # selected patches listed by name in the status line
+
+
+def _update(view: param.Parameterized, values: dict, **more: object) -> None:
+    """Set what differs, in one batch. param compares values it does not know (a RunData)
+    as different, and each change may redraw a plot."""
+    changed = {k: v for k, v in {**values, **more}.items() if getattr(view, k) != v}
+    view.param.update(changed)
+
+
+@dataclass
+class Side:
+    """The three linked views of one side of the layout (two sides when comparing)."""
+
+    scatter: ScatterView
+    patches: PatchView
+    image: ImageView
+    caption: pn.pane.Markdown
+    problem: pn.pane.Alert
+
+    def views(self) -> tuple[ScatterView, PatchView, ImageView]:
+        return self.scatter, self.patches, self.image
+
+    def panel(self) -> pn.Column:
+        return pn.Column(self.caption, self.problem, self.scatter, pn.Row(self.patches, self.image))
+
+
+class Explorer(pn.viewable.Viewer):
+    """Explore the hidden attention of one or more stored runs.
+
+    Parameters
+    ----------
+    runs : a run's path, a ``RunData``, a sequence of them, or a mapping {name: path}
+    **params
+        Initial values of the parameters below (e.g. ``stage=1, block=0``).
+
+    Raises
+    ------
+    mambapanel.store.RunError
+        A path that is not a usable run.
+    """
+
+    run = param.Selector(check_on_set=True, doc="The run shown (the left one when comparing).")
+    stage = param.Selector(check_on_set=True, doc="Stage of the model.")
+    block = param.Selector(
+        check_on_set=True,
+        doc="None: Mode 1, one point per image and block; a block: Mode 2, one per patch.",
+    )
+    method = param.Selector(check_on_set=True, doc="Dimensionality reduction (as stored).")
+    scale = param.Selector(default="linear", objects=list(SCALES), doc="Colour scale of attention.")
+    image = param.Integer(default=0, bounds=(0, None), doc="Index of the Image view's image.")
+    patch = param.Tuple(
+        default=None, length=2, allow_None=True, doc="(row, col) of the clicked patch."
+    )
+    selection = param.List(
+        default=[], item_type=tuple, doc="Patches (row, col) selected in a Mode 2 scatterplot."
+    )
+    compare = param.Selector(
+        default="none", objects=COMPARE, doc="A second side: another block or another run."
+    )
+    block_b = param.Selector(check_on_set=True, doc="The right side's block (two blocks).")
+    run_b = param.Selector(check_on_set=True, doc="The right side's run (two runs).")
+
+    def __init__(self, runs: RunsLike, **params) -> None:
+        super().__init__()
+        self.runs: dict[str, RunData] = load_runs(runs)
+        self.sides: list[Side] = []
+        self.address = Address()
+        self.address.param.watch(lambda _: self._update_status(), "problems")
+        self._url_synced = False
+        self._linking = False
+        self.status = pn.pane.Markdown(
+            css_classes=["mambapanel-status"], sizing_mode="stretch_width"
+        )
+        self._layout = pn.Row()
+        names = list(self.runs)
+        self.param.run.objects = names
+        self.param.run_b.objects = names
+        self.param.update(run=names[0], run_b=names[-1])
+        self._on_run()
+        self._widgets = self._header()
+        self.param.update(**params)
+        self._add_side()
+        self._show_sides()
+        self._forward()
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        if not self._url_synced and pn.state.curdoc and pn.state.curdoc.session_context:
+            self.sync_url(pn.state.location)
+        return pn.Column(
+            pn.pane.Markdown("### mambapanel: hidden attention of vision Mamba models"),
+            self._widgets,
+            self._layout,
+            self.status,
+        )
+
+    @property
+    def data(self) -> RunData:
+        return self.runs[self.run]
+
+    @property
+    def shown(self) -> list[Side]:
+        """The sides on screen: one, or two when comparing."""
+        return self.sides[: 1 if self.compare == "none" else 2]
+
+    # -- state --------------------------------------------------------------------------
+
+    @param.depends("run", watch=True)
+    def _on_run(self) -> None:
+        """Offer what the run stores; keep the stage and image when it has them."""
+        run = self.data
+        self.param.image.bounds = (0, len(run.image_ids) - 1)
+        if self.image >= len(run.image_ids):
+            self.image = 0
+        self._set_objects("stage", run.stages)
+        self._on_stage()
+
+    @param.depends("stage", watch=True)
+    def _on_stage(self) -> None:
+        """Offer the stage's blocks and methods; a patch or selection of another grid goes."""
+        run = self.data
+        blocks = list(range(run.n_blocks(self.stage)))
+        self._set_objects("block", [None, *blocks])
+        self._set_objects("block_b", blocks, default=blocks[-1])
+        self._set_objects("method", run.methods(self.stage) or ["pca"])
+        self.param.update(patch=None, selection=[])
+
+    def _set_objects(self, name: str, objects: list, default: object = None) -> None:
+        """Replace a selector's choices; keep its value when still a choice, else take
+        ``default`` or the first choice."""
+        self.param[name].objects = objects
+        if getattr(self, name) not in objects:
+            setattr(self, name, default if default in objects else objects[0])
+
+    # -- views --------------------------------------------------------------------------
+
+    def _add_side(self) -> None:
+        side = Side(
+            ScatterView(run=self.data),
+            PatchView(run=self.data),
+            ImageView(run=self.data),
+            pn.pane.Markdown(margin=(0, 10)),
+            pn.pane.Alert(alert_type="warning", visible=False),
+        )
+        self.sides.append(side)
+        self._link_side(len(self.sides) - 1, side)
+
+    def _side_values(self, index: int) -> tuple[RunData, int | None]:
+        """The run and block of side ``index``: the right side (1) differs when comparing."""
+        run, block = self.data, self.block
+        if index == 1 and self.compare == "runs":
+            run = self.runs[self.run_b]
+        if index == 1 and self.compare == "blocks":
+            block = self.block_b
+        return run, block
+
+    def _problem(self, run: RunData) -> str | None:
+        """Why ``run`` cannot show the left side's stage, block and method, or None."""
+        if run is self.data:
+            return None
+        if self.stage not in run.stages:
+            return f"{run.name} stores stages {run.stages}, not stage {self.stage}"
+        if run.grid(self.stage) != self.data.grid(self.stage):
+            return (
+                f"{run.name} has a {run.grid(self.stage)} grid at stage {self.stage}, "
+                f"{self.run} a {self.data.grid(self.stage)} grid: patches do not correspond"
+            )
+        if self.block is not None and self.block >= run.n_blocks(self.stage):
+            return f"{run.name} has {run.n_blocks(self.stage)} blocks at stage {self.stage}"
+        if self.method not in run.methods(self.stage):
+            return f"{run.name} stores no {self.method} embedding at stage {self.stage}"
+        return None
+
+    @param.depends(
+        "run", "stage", "block", "method", "scale", "image", "patch", "selection",
+        "compare", "block_b", "run_b", watch=True,
+    )  # fmt: skip
+    def _forward(self) -> None:
+        """Push the state into the views of each side shown, one batch per view."""
+        if not self.sides:
+            return
+        self._linking = True
+        try:
+            for index, side in enumerate(self.shown):
+                run, block = self._side_values(index)
+                problem = self._problem(run)
+                side.problem.param.update(object=problem or "", visible=problem is not None)
+                if problem is not None:
+                    continue
+                common = dict(run=run, stage=self.stage, block=block, patch=self.patch)
+                _update(side.scatter, common, method=self.method, image=self.image)
+                _update(side.patches, common, selection=self.selection, scale=self.scale)
+                _update(side.image, common, image=self.image, scale=self.scale)
+                if self.selection != side.scatter.selected_patches():
+                    side.scatter.select_patches(self.selection)
+                where = ALL_BLOCKS if block is None else f"block {block}"
+                side.caption.object = f"**{run.name}** ({run.order}) · stage {self.stage} · {where}"
+        finally:
+            self._linking = False
+        self._update_status()
+
+    def _link_side(self, index: int, side: Side) -> None:
+        """What a view changes by itself (a lasso, a tap) becomes the Explorer's state."""
+
+        def watch(view: param.Parameterized, names: list[str], act: Callable) -> None:
+            # One call per batch of changes, with one event per changed parameter.
+            def act_unless_linking(*events: param.parameterized.Event) -> None:
+                if not self._linking:
+                    act({event.name: event.new for event in events})
+
+            view.param.watch(act_unless_linking, names)
+
+        watch(side.scatter, ["selected"], lambda _: self._selected_from(side.scatter))
+        watch(side.scatter, ["block", "image"], lambda changed: self._picked(index, changed))
+        for view in side.views():
+            watch(view, ["patch"], lambda changed: setattr(self, "patch", changed["patch"]))
+
+    def _selected_from(self, scatter: ScatterView) -> None:
+        if scatter.mode == 2:
+            self.selection = scatter.selected_patches()
+        else:  # Mode 1 selects (image, block) points: no patches to show
+            self._update_status()
+
+    def _picked(self, index: int, changed: dict[str, int]) -> None:
+        """A tapped Mode 1 point opens its image and block."""
+        values = {"image": changed["image"]} if "image" in changed else {}
+        if "block" in changed:
+            right_block = index == 1 and self.compare == "blocks"
+            values["block_b" if right_block else "block"] = changed["block"]
+        self.param.update(values)
+
+    @param.depends("compare", watch=True)
+    def _show_sides(self) -> None:
+        if self.compare != "none" and len(self.sides) == 1:  # the right side, made when needed
+            self._add_side()
+            self._forward()
+        self._layout[:] = [side.panel() for side in self.shown]
+        self._block_b.visible = self.compare == "blocks"
+        self._run_b.visible = self.compare == "runs"
+
+    # -- header, status -----------------------------------------------------------------
+
+    def _header(self) -> pn.Row:
+        def select(name: str, label: str, width: int) -> pn.widgets.Select:
+            return pn.widgets.Select.from_param(self.param[name], label=label, width=width)
+
+        self._block_b = select("block_b", "block (right)", 100)
+        self._run_b = select("run_b", "run (right)", 160)
+        self._downloads = (
+            pn.widgets.FileDownload(
+                callback=lambda: io.BytesIO(self.figures()),
+                filename="mambapanel.png",
+                label="Figures (PNG)",
+                width=130,
+                margin=(25, 5),
+            ),
+            pn.widgets.FileDownload(
+                callback=lambda: io.StringIO(export.csv_text(*self.selection_table())),
+                filename="selection.csv",
+                label="Selection (CSV)",
+                width=130,
+                margin=(25, 5),
+            ),
+        )
+        return pn.Row(
+            select("run", "run", 160),
+            select("stage", "stage", 70),
+            linked_menu(
+                self,
+                "block",
+                lambda: {ALL_BLOCKS if b is None else str(b): b for b in self.param.block.objects},
+                ["stage", "run"],
+                label="block",
+                width=120,
+            ),
+            select("method", "DR method", 90),
+            pn.widgets.RadioButtonGroup.from_param(
+                self.param.scale, color="light", width=110, margin=(25, 5)
+            ),
+            image_chooser(self, lambda: self.data.image_ids, ["run"]),
+            select("compare", "compare", 130),
+            self._block_b,
+            self._run_b,
+            *self._downloads,
+            sizing_mode="stretch_width",
+        )
+
+    def _update_status(self) -> None:
+        scatter = self.sides[0].scatter
+        patch = "none" if self.patch is None else f"({self.patch[0]}, {self.patch[1]})"
+        if scatter.mode == 1:
+            blocks = [] if scatter.points is None else scatter.points.block[scatter.selected]
+            selection = (
+                f"{len(scatter.selected)} points (image, block) selected, "
+                f"blocks {np.unique(blocks).tolist()}"
+            )
+        else:
+            listed = " ".join(f"({r}, {c})" for r, c in self.selection[:STATUS_PATCHES])
+            more = " …" if len(self.selection) > STATUS_PATCHES else ""
+            selection = (
+                f"{len(self.selection)} patches selected{': ' if listed else ''}{listed}{more}"
+            )
+        problems = "".join(f" · URL: {problem}" for problem in self.address.problems)
+        self.status.object = f"Clicked patch: {patch} · Selection: {selection}{problems}"
+        name = f"{self.run}-stage{self.stage}" + (
+            "" if self.block is None else f"-block{self.block}"
+        )
+        self._downloads[0].filename = f"mambapanel-{name}.png"
+        self._downloads[1].filename = f"selection-{name}.csv"
+
+    # -- export, URL --------------------------------------------------------------------
+
+    def figures(self) -> bytes:
+        """The figures shown as one PNG: a row per side (scatterplot, patches, image)."""
+        return export.figures_png([export.side_figures(*side.views()) for side in self.shown])
+
+    def selection_table(self) -> tuple[list[str], list[list[object]]]:
+        """The selection of the left side as a table; see :func:`export.selection_table`."""
+        return export.selection_table(self.sides[0].scatter, self.sides[0].patches)
+
+    def sync_url(self, location: pn.io.location.Location) -> None:
+        """Keep run, stage, block, method, patch and image in the URL query of ``location``
+        (``pn.state.location`` when served), so that a link reproduces the view."""
+        self._url_synced = True
+        self.address.attach(self)
+        location.sync(self.address, list(Address.FIELDS))

@@ -1,0 +1,187 @@
+"""The Patch view: the stage's p x p patches as an ``hv.Image``. ``selection`` display: the
+patches selected in the scatterplot red on grey; ``attention`` display: every patch coloured
+by the attention from the clicked patch (``attention_mean``), the clicked patch outlined.
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+import param
+
+from mambapanel.views.data import Patch, RunData
+from mambapanel.views.hold import held
+from mambapanel.views.style import (
+    ATTENTION_CMAP,
+    GREY,
+    OUTLINE,
+    RED,
+    SCALES,
+    colour_limits,
+    named,
+    scaled,
+)
+
+FRAME = 250  # pixels of the longer side of a patch grid (axes and colour bar excluded)
+
+
+def patch_grid(values: np.ndarray, vdim: str) -> hv.Image:
+    """A (height, width) array as an image whose pixel (row, col) is centred on integer
+    coordinates, with its own dimensions ``col`` and ``row`` so that its axes are never
+    linked to a scatterplot's ``x`` and ``y``."""
+    height, width = values.shape
+    return hv.Image((np.arange(width), np.arange(height), values), ["col", "row"], [vdim])
+
+
+def outline(patch: Patch | None) -> hv.Rectangles:
+    """A box around ``patch`` (row, col), or no box."""
+    boxes = (
+        [] if patch is None else [(patch[1] - 0.5, patch[0] - 0.5, patch[1] + 0.5, patch[0] + 0.5)]
+    )
+    return hv.Rectangles(boxes, ["col", "row", "col2", "row2"]).opts(
+        fill_alpha=0.0, line_color=OUTLINE, line_width=3
+    )
+
+
+def outlined(view: param.Parameterized) -> hv.DynamicMap:
+    """The outline of ``view.patch``, following it."""
+    return hv.DynamicMap(outline, streams=[hv.streams.Params(view, ["patch"])])
+
+
+def patch_at(grid: tuple[int, int], x: float | None, y: float | None) -> Patch | None:
+    """The patch (row, col) under a tap at (col, row) = (x, y) on a grid (height, width),
+    or None outside it."""
+    if x is None or y is None:
+        return None
+    row, col = round(y), round(x)
+    return (row, col) if 0 <= row < grid[0] and 0 <= col < grid[1] else None
+
+
+def grid_opts(title: str, grid: tuple[int, int]) -> dict:
+    """Options of a patch grid (height, width): row 0 at the top, square patches (the frame,
+    not the whole plot, is sized, so a colour bar does not squeeze the grid), tap, hover."""
+    height, width = grid
+    return dict(
+        title=title,
+        frame_width=round(FRAME * min(1, width / height)),
+        frame_height=round(FRAME * min(1, height / width)),
+        invert_yaxis=True,
+        tools=["tap", "hover"],
+        active_tools=["tap"],
+        framewise=True,
+    )
+
+
+class PatchView(pn.viewable.Viewer):
+    """The p x p patches of one stage, linked to the scatterplot; a tap selects a patch."""
+
+    run = param.ClassSelector(class_=RunData, doc="The run whose attention is shown.")
+    stage = param.Integer(default=0, bounds=(0, None), doc="Stage of the model.")
+    block = param.Integer(
+        default=None,
+        allow_None=True,
+        bounds=(0, None),
+        doc="Block whose attention_mean colours the patches; None (Mode 1) shows no attention.",
+    )
+    patch = param.Tuple(
+        default=None, length=2, allow_None=True, doc="(row, col) of the clicked patch."
+    )
+    selection = param.List(
+        default=[], item_type=tuple, doc="Patches (row, col) selected in the scatterplot."
+    )
+    scale = param.Selector(default="linear", objects=list(SCALES), doc="Colour scale.")
+    display = param.Selector(
+        default="selection",
+        objects=["selection", "attention"],
+        doc="Show the selected patches, or the attention from the clicked patch. A new "
+        "selection shows the selection, a click the attention.",
+    )
+
+    # Derived from display, block and patch: whether the grid shows attention. A Bokeh plot
+    # keeps its colour bar and colour scale, so a change of it draws the plot anew.
+    _attention = param.Boolean(default=False, precedence=-1)
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self.tap: hv.streams.Tap | None = None
+        self._plot = pn.Column()
+        self._display = pn.widgets.RadioButtonGroup.from_param(
+            self.param.display, color="light", width=FRAME
+        )
+        self._build()
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(self._display, self._plot)
+
+    @property
+    def shows_attention(self) -> bool:
+        """Attention needs a block (Mode 2) and a clicked patch; otherwise the selection."""
+        return self.display == "attention" and self.block is not None and self.patch is not None
+
+    @param.depends("display", "block", "patch", watch=True, on_init=True)
+    def _update_attention(self) -> None:
+        self._attention = self.shows_attention
+
+    def values(self) -> np.ndarray:
+        """What the grid shows, f(height, width): the attention row as stored (linear
+        scale) or as coloured (log scale), or 1 for a selected patch and 0 elsewhere."""
+        if self.shows_attention:
+            row = self.run.attention_row(self.stage, self.block, self.patch)
+            return scaled(row, self.scale)
+        values = np.zeros(self.run.grid(self.stage), dtype=np.float32)
+        for row, col in self.selection:
+            values[row, col] = 1
+        return values
+
+    @param.depends("selection", watch=True)
+    def _show_selection(self) -> None:
+        if self.selection:
+            self.display = "selection"
+
+    @param.depends("patch", watch=True)
+    def _show_attention(self) -> None:
+        if self.patch is not None:
+            self.display = "attention"
+
+    def select(self, x: float | None, y: float | None) -> None:
+        """A tap at (col, row) = (x, y) clicks the patch there (outside the grid: nothing)."""
+        self.patch = patch_at(self.run.grid(self.stage), x, y) or self.patch
+
+    @param.depends("run", "stage", "scale", "_attention", watch=True)
+    def _build(self) -> None:
+        """Draw anew (a Bokeh plot keeps its grid size, colour bar and colour scale); other
+        changes of block, patch and selection then update the plot in place."""
+        grid = hv.DynamicMap(
+            self._grid, streams=[hv.streams.Params(self, ["block", "patch", "selection"])]
+        )
+        # Streams attach to the grid, not to the overlay: HoloViews does not deliver the
+        # events of an overlay's plot to its streams.
+        self.tap = hv.streams.Tap(source=grid)
+        self.tap.add_subscriber(held(self.select))
+        self._plot[:] = [pn.pane.HoloViews(grid * outlined(self))]
+
+    def _grid(self, **_: object) -> hv.Image:
+        values = self.values()
+        if self.shows_attention:
+            row, col = self.patch
+            what = "|attention|, log" if self.scale == "log" else "attention"
+            return patch_grid(values, "attention").opts(
+                cmap=ATTENTION_CMAP,
+                clim=colour_limits(values),
+                logz=self.scale == "log",
+                colorbar=True,
+                clipping_colors={"NaN": "white"},
+                hooks=[named("patch-view")],
+                **grid_opts(f"block {self.block}: {what} from ({row}, {col})", values.shape),
+            )
+        title = f"stage {self.stage}: {len(self.selection)} selected patches"
+        if self.block is None and not self.selection:
+            title = f"stage {self.stage}: pick a block for attention"
+        return patch_grid(values, "selected").opts(
+            cmap=[GREY, RED],
+            clim=(0, 1),
+            colorbar=False,
+            hooks=[named("patch-view")],
+            **grid_opts(title, values.shape),
+        )

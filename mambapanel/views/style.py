@@ -1,0 +1,72 @@
+"""Conventions shared by the views and the PNG export: colours (so that an exported figure
+looks like the one on screen), the colour scale of attention (linear or log), and the names
+of the Bokeh figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import colorcet
+import numpy as np
+from holoviews.plotting.util import process_cmap
+
+ATTENTION_CMAP = "YlOrRd"  # the paper's light-yellow (weak) to dark-red (strong)
+COLUMN_CMAP = "viridis"  # Mode 2 scatterplot: colour = column
+GREY = "#d9d9d9"  # a patch that is not selected
+RED = "#d62728"  # a selected patch
+OUTLINE = "#2166ac"  # the clicked patch: blue stands out on yellow and on red
+HIGHLIGHT = "#000000"  # selected scatterplot points
+SCALES = ("linear", "log")
+
+
+def block_colours(n_blocks: int) -> list[str]:
+    """One distinct colour per block (Glasbey's categorical palette, Category10 first)."""
+    palette = colorcet.palette["glasbey_category10"]
+    return [palette[block % len(palette)] for block in range(n_blocks)]
+
+
+def hex_colours(cmap: str, n: int = 256) -> list[str]:
+    """``n`` colours of the named colormap exactly as HoloViews resolves it."""
+    return process_cmap(cmap, ncolors=n)
+
+
+def scaled(values: np.ndarray, scale: str) -> np.ndarray:
+    """Attention as coloured: ``linear`` keeps the signed values; ``log`` shows |α| on a log
+    scale, with exact zeros as NaN (no colour), since hidden attention can be negative."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if scale == "linear":
+        return values
+    magnitude = np.abs(values).astype(np.float64)
+    magnitude[magnitude == 0] = np.nan
+    return magnitude
+
+
+def colour_limits(values: np.ndarray) -> tuple[float, float]:
+    """(low, high) of the finite values; a constant or empty input gets a unit-wide range
+    so that a colour mapper never divides by zero."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    if low == high:
+        return (low / 2, low * 2) if low > 0 else (low - 0.5, high + 0.5)
+    return low, high
+
+
+def named(name: str) -> Callable[[object, object], None]:
+    """A HoloViews hook for a figure sized by its frame (``frame_width``, ``frame_height``).
+
+    It names the Bokeh figure, so that a browser (and a browser test) can find each view's
+    figure in the document: ``scatterplot``, ``patch-view``, ``image-view``. And it leaves
+    the figure's sizing mode unset: HoloViews marks a frame-sized figure "fixed", which
+    Bokeh's validation reports as a W-1005 warning since its width and height are computed
+    from the frame, not given.
+    """
+
+    def hook(plot: object, _: object) -> None:
+        plot.state.name = name
+        plot.state.sizing_mode = None
+
+    return hook

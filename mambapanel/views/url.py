@@ -1,0 +1,111 @@
+"""URL state: an Explorer's run, stage, block, method, patch and image as plain query values
+(``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2``), so that a link reproduces
+a view. ``block=all`` is Mode 1; an empty ``patch`` is no clicked patch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import param
+
+
+def format_patch(patch: tuple[int, int] | None) -> str:
+    return "" if patch is None else f"{patch[0]},{patch[1]}"
+
+
+def parse_patch(text: object) -> tuple[int, int] | None:
+    """``"row,col"`` as (row, col); ``""`` as None. Raises ValueError otherwise."""
+    if text in ("", None):
+        return None
+    row, col = (int(part) for part in str(text).split(","))
+    return row, col
+
+
+class Address(param.Parameterized):
+    """The query values of a view. Untyped: they hold what a URL holds until
+    :meth:`apply` checks them against the runs, in dependency order (a run's stages, a
+    stage's blocks and methods, its grid for the patch)."""
+
+    FIELDS = ("run", "stage", "block", "method", "patch", "image")
+
+    run = param.Parameter(doc="Name of the run.")
+    stage = param.Parameter(doc="Stage number.")
+    block = param.Parameter(doc="Block number, or 'all' for Mode 1.")
+    method = param.Parameter(doc="Reduction method: pca, tsne or umap.")
+    patch = param.Parameter(doc="The clicked patch as 'row,col', or '' for none.")
+    image = param.Parameter(doc="Index of the image in the run.")
+    problems = param.List(default=[], item_type=str, doc="Values of the last URL not applied.")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._explorer: Any = None
+        self._busy = False
+
+    def attach(self, explorer: Any) -> None:
+        """Follow ``explorer`` (an Explorer) both ways, starting from its current state."""
+        self._explorer = explorer
+        self.read()
+        explorer.param.watch(lambda *_: self.read(), list(self.FIELDS))
+        # After Location's own watcher (precedence 0), so that the corrections of apply()
+        # reach the URL last.
+        self.param.watch(lambda *_: self.apply(), list(self.FIELDS), precedence=1)
+
+    def read(self) -> None:
+        """Take the explorer's values."""
+        if self._busy:
+            return
+        explorer = self._explorer
+        self._busy = True
+        try:
+            self.param.update(
+                run=explorer.run,
+                stage=explorer.stage,
+                block="all" if explorer.block is None else explorer.block,
+                method=explorer.method,
+                patch=format_patch(explorer.patch),
+                image=explorer.image,
+            )
+        finally:
+            self._busy = False
+
+    def apply(self) -> None:
+        """Set the explorer from these values; what does not fit the runs is left as it was
+        and listed in ``problems``."""
+        if self._busy:
+            return
+        explorer = self._explorer
+        problems: list[str] = []
+        self._busy = True
+        try:
+            for name, parse in (
+                ("run", str),
+                ("stage", int),
+                ("block", lambda text: None if text == "all" else int(text)),
+                ("method", str),
+                ("image", int),
+                ("patch", parse_patch),
+            ):
+                problem = self._set(explorer, name, getattr(self, name), parse)
+                if problem:
+                    problems.append(problem)
+        finally:
+            self._busy = False
+        self.problems = problems
+        self.read()
+
+    @staticmethod
+    def _set(explorer: Any, name: str, text: object, parse: Any) -> str | None:
+        """Set one value; the reason when it does not fit."""
+        if text is None:
+            return
+        try:
+            value = parse(text)
+            if name == "patch" and value is not None:
+                height, width = explorer.data.grid(explorer.stage)
+                if not (0 <= value[0] < height and 0 <= value[1] < width):
+                    raise ValueError(f"outside the {height}x{width} grid")
+            setattr(explorer, name, value)
+        except (ValueError, TypeError) as err:
+            return f"{name}={text} ignored ({err})"
+        return None

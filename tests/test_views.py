@@ -1,0 +1,243 @@
+"""The dashboard's views without a browser: selection geometry against a brute-force
+reference, streams fired directly (lasso, box, tap), Mode 1 / Mode 2, compare, URL state and
+export, on a small run made by the real command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+
+import numpy as np
+import panel as pn
+import pytest
+from panel.io.location import Location
+from PIL import Image
+from ui.small_run import small_run  # noqa: F401  (the session's run, a fixture)
+
+from mambapanel.store import RunError, open_run
+from mambapanel.views import Explorer, RunData, dashboard
+from mambapanel.views.geometry import PointIndex
+from mambapanel.views.style import hex_colours
+
+
+def crosses(px: float, py: float, vertices: np.ndarray) -> bool:
+    """Even-odd rule, one point at a time: the plain reference for PointIndex.in_polygon."""
+    inside = False
+    for i in range(len(vertices)):
+        (x1, y1), (x2, y2) = vertices[i], vertices[(i + 1) % len(vertices)]
+        if (y1 > py) != (y2 > py) and px < x1 + (py - y1) * (x2 - x1) / (y2 - y1):
+            inside = not inside
+    return inside
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_point_in_polygon_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(2000, 2))
+    # Random polygons: star-shaped, self-intersecting, and with vertices on points' y.
+    n = rng.integers(3, 40)
+    vertices = rng.normal(size=(n, 2)) * 1.5
+    if seed % 2:
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+        vertices = np.c_[np.cos(angles), np.sin(angles)] * rng.uniform(0.5, 2, (n, 1))
+    vertices[0, 1] = points[0, 1]  # a vertex level with a point: counted once
+    mask = PointIndex(points[:, 0], points[:, 1]).in_polygon(vertices)
+    expected = [crosses(x, y, vertices) for x, y in points]
+    np.testing.assert_array_equal(mask, expected)
+    assert 0 < mask.sum() < len(points) or n < 5
+
+
+def test_polygon_edge_cases():
+    index = PointIndex(np.array([0.5, 2.0, 0.5]), np.array([0.5, 0.5, 0.0]))
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=float)
+    # The bottom edge is horizontal (it crosses nothing) and y = 0 is inside (half-open).
+    np.testing.assert_array_equal(index.in_polygon(square), [True, False, True])
+    np.testing.assert_array_equal(index.in_polygon(square[:2]), [False, False, False])
+    with pytest.raises(ValueError, match=r"\(V, 2\)"):
+        index.in_polygon(np.zeros((4, 3)))
+
+
+def test_bounds_and_nearest():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2, 500))
+    index = PointIndex(x, y)
+    expected = (x >= -0.5) & (x <= 1) & (y >= -1) & (y <= 0.25)
+    np.testing.assert_array_equal(index.in_bounds(-0.5, -1, 1, 0.25), expected)
+    nearest, distance = index.nearest(x[7] + 0.001, y[7], x_scale=2.0, y_scale=1.0)
+    assert nearest == 7
+    assert distance == pytest.approx(0.0005)
+
+
+@pytest.fixture
+def explorer(small_run):  # noqa: F811
+    return Explorer(small_run, stage=1, block=0, method="pca")
+
+
+def test_lasso_selects_the_points_inside_and_the_patch_view_shows_them(explorer, small_run):  # noqa: F811
+    scatter, patches = explorer.sides[0].scatter, explorer.sides[0].patches
+    points = open_run(small_run)["stage1"]["embedding_intra"].isel(method=0, block=0).values
+    centre, spread = points.mean(0), points.std(0)
+    polygon = centre + spread * np.array([[-1.5, -1], [1, -1.5], [0.5, 1], [-1, 0.5]])
+    scatter.lasso.event(geometry=polygon)
+    width = 8
+    expected = [divmod(i, width) for i, (x, y) in enumerate(points) if crosses(x, y, polygon)]
+    assert expected
+    assert explorer.selection == expected
+    assert patches.display == "selection"
+    mask = np.zeros((8, 8))
+    for row, col in expected:
+        mask[row, col] = 1
+    np.testing.assert_array_equal(patches.values(), mask)
+    assert f"{len(expected)} patches selected" in explorer.status.object
+    scatter.clear()
+    assert explorer.selection == []
+
+
+def test_box_selects_the_points_in_bounds(explorer, small_run):  # noqa: F811
+    points = open_run(small_run)["stage1"]["embedding_intra"].isel(method=0, block=0).values
+    left, bottom = np.percentile(points, 30, axis=0)
+    right, top = np.percentile(points, 80, axis=0)
+    explorer.sides[0].scatter.box.event(bounds=(left, bottom, right, top))
+    inside = (
+        (points[:, 0] >= left) & (points[:, 0] <= right)
+        & (points[:, 1] >= bottom) & (points[:, 1] <= top)
+    )  # fmt: skip
+    assert explorer.selection == [divmod(int(i), 8) for i in np.flatnonzero(inside)]
+
+
+def test_tap_on_a_patch_shows_its_stored_attention_row(explorer, small_run):  # noqa: F811
+    run = open_run(small_run)["stage1"]
+    side = explorer.sides[0]
+    side.patches.tap.event(x=5.2, y=2.9)  # col 5, row 3
+    assert explorer.patch == (3, 5)
+    assert side.patches.display == "attention"
+    expected = run["attention_mean"].isel(block=0, query=3 * 8 + 5).values.reshape(8, 8)
+    np.testing.assert_array_equal(side.patches.values(), expected)
+    per_image = run["attention"].isel(image=0, block=0, query=3 * 8 + 5).values.reshape(8, 8)
+    np.testing.assert_array_equal(side.image.attention(), per_image)
+    assert side.image.patch == (3, 5)
+    side.patches.tap.event(x=-3, y=2)  # outside the grid: nothing changes
+    assert explorer.patch == (3, 5)
+    explorer.scale = "log"
+    np.testing.assert_array_equal(side.patches.values(), np.abs(expected))
+
+
+def test_tap_on_a_mode_2_point_clicks_its_patch(explorer):
+    scatter = explorer.sides[0].scatter
+    scatter.tap.event(x=scatter.points.x[13], y=scatter.points.y[13])
+    assert explorer.patch == divmod(13, 8)
+
+
+def test_mode_1_points_select_and_open_an_image_and_block(explorer):
+    scatter = explorer.sides[0].scatter
+    explorer.block = None
+    assert scatter.mode == 1
+    n_images, n_blocks = 2, 2
+    assert len(scatter.points) == n_images * n_blocks
+    everything = np.array([[-1e9, -1e9], [1e9, -1e9], [1e9, 1e9], [-1e9, 1e9]])
+    scatter.lasso.event(geometry=everything)
+    assert len(scatter.selected) == 4
+    assert explorer.selection == []
+    assert "4 points (image, block) selected, blocks [0, 1]" in explorer.status.object
+    point = 1 * n_blocks + 1  # image 1, block 1
+    scatter.tap.event(x=scatter.points.x[point], y=scatter.points.y[point])
+    assert (explorer.block, explorer.image, scatter.mode) == (1, 1, 2)
+    assert len(scatter.points) == 64
+
+
+def test_switching_stage_and_method_reloads_the_views(explorer, small_run):  # noqa: F811
+    explorer.patch = (7, 7)
+    explorer.param.update(stage=2, method="tsne")
+    side = explorer.sides[0]
+    assert explorer.patch is None  # patches of another grid do not carry over
+    assert explorer.block == 0
+    stored = open_run(small_run)["stage2"]["embedding_intra"].isel(method=1, block=0).values
+    np.testing.assert_array_equal(side.scatter.points.x, stored[:, 0])
+    assert side.patches.values().shape == (4, 4)
+    explorer.patch = (1, 2)
+    assert side.image.attention().shape == (4, 4)
+
+
+def test_compare_two_blocks_and_two_runs_with_the_same_patch(small_run):  # noqa: F811
+    explorer = Explorer({"cross": small_run, "copy": small_run}, stage=1, block=0)
+    explorer.param.update(compare="blocks", block_b=1, patch=(2, 6))
+    left, right = explorer.shown
+    assert right.patches.block == 1
+    assert left.patches.patch == right.patches.patch == (2, 6)
+    data = RunData(small_run)
+    np.testing.assert_array_equal(right.patches.values(), data.attention_row(1, 1, (2, 6)))
+    explorer.compare = "runs"
+    explorer.run_b = "copy"
+    left, right = explorer.shown
+    assert right.patches.run.name == "copy"
+    assert right.patches.block == 0
+    assert right.patches.patch == (2, 6)
+    right.patches.tap.event(x=1, y=1)  # a click on either side moves both
+    assert left.patches.patch == (1, 1)
+
+
+def test_url_state_round_trip(explorer):
+    location = Location()
+    explorer.sync_url(location)
+    assert location.query_params == {
+        "run": explorer.run, "stage": 1, "block": 0, "method": "pca", "image": 0,
+    }  # fmt: skip
+    explorer.patch = (4, 2)
+    assert location.query_params["patch"] == "4,2"
+    location.search = "?stage=2&block=all&method=tsne&patch=3,1&image=1"
+    assert (explorer.stage, explorer.block, explorer.method) == (2, None, "tsne")
+    assert (explorer.patch, explorer.image) == ((3, 1), 1)
+    location.search = "?stage=9&patch=8,8"
+    assert explorer.stage == 2
+    assert explorer.patch == (3, 1)
+    assert location.query_params["stage"] == 2  # the URL is corrected to what is shown
+    assert "URL: stage=9 ignored" in explorer.status.object
+    assert "URL: patch=8,8 ignored (outside the 4x4 grid)" in explorer.status.object
+
+
+def test_exports(explorer, small_run):  # noqa: F811
+    explorer.selection = [(0, 1), (5, 5)]
+    explorer.patch = (2, 2)
+    header, rows = explorer.selection_table()
+    data = RunData(small_run)
+    row = data.attention_row(1, 0, (2, 2))
+    assert header[3:] == ["query_row", "query_col", "key_row", "key_col", "attention"]
+    assert [r[3:7] for r in rows] == [[2, 2, 0, 1], [2, 2, 5, 5]]
+    assert [r[7] for r in rows] == [float(row[0, 1]), float(row[5, 5])]
+    text = explorer._downloads[1].callback().getvalue()
+    assert next(csv.reader(io.StringIO(text))) == header
+    picture = Image.open(io.BytesIO(explorer.figures()))
+    assert picture.format == "PNG"
+    assert picture.width > 900
+    # The patch grid's strongest patch is drawn in the colormap's darkest red.
+    grid = np.asarray(picture)
+    assert (grid.reshape(-1, 3) == _rgb(hex_colours("YlOrRd")[-1])).all(axis=1).any()
+
+
+def _rgb(colour: str) -> np.ndarray:
+    return np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+
+
+def test_a_bad_run_path_is_a_clear_message(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(RunError, match="no such run"):
+        Explorer(missing)
+    page = dashboard([str(missing)])
+    texts = [getattr(pane, "object", "") for pane in page.objects]
+    assert any("nowhere: no such run" in str(text) for text in texts)
+    assert "cannot open the run" in texts[0]
+
+
+def test_renders_as_a_notebook_cell(explorer):
+    model = pn.panel(explorer).get_root()
+    assert model.children
+
+
+def test_views_and_dashboards_never_import_torch():
+    code = (
+        "import sys; import mambapanel.views; "
+        "assert not {'torch', 'triton'} & set(sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,68 @@
+"""A dashboard served by a real ``panel serve`` subprocess for the browser tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"  # git-ignored: screenshots and server logs
+SERVER_START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``panel serve dashboards/<app>.py --args ...`` on 127.0.0.1 and a free port."""
+
+    def __init__(self, app: str, run: str, *more_runs: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/{app}"
+        # One log per app and run name, replaced by the next session's.
+        self.log = ARTIFACTS / f"panel-serve-{app}-{Path(run).name}.log"
+        ARTIFACTS.mkdir(exist_ok=True)
+        command = [
+            sys.executable, "-m", "panel", "serve", f"dashboards/{app}.py",
+            "--address", "127.0.0.1", "--port", str(self.port),
+            "--allow-websocket-origin", f"127.0.0.1:{self.port}",
+            "--args", run, *more_runs,
+        ]  # fmt: skip
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+        self._wait()
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"panel serve exited with {self.process.returncode}: {self.output()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.3)
+        self.stop()
+        pytest.fail(f"panel serve did not answer {self.url} in {SERVER_START_TIMEOUT} s")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,234 @@
+"""The served dashboard in Chromium: a lasso drawn with the mouse, a click on a patch, the
+header's menus, and a bad run path, checked against the stored run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import Page, expect
+from served import Server
+
+from mambapanel.views.data import RunData
+from mambapanel.views.style import ATTENTION_CMAP, hex_colours
+
+# A generous limit, to stop a hung browser or server, not to time: the first test may also
+# build the session's run (tests/ui/small_run.py), which takes minutes on a busy machine.
+pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
+
+TIMEOUT_MS = 30_000
+# A figure found by its Bokeh name (mambapanel.views.style.named): its frame in page pixels,
+# its axis ranges, its title, and the values of its image glyph (a patch grid) if any.
+FIGURE_JS = """(name) => {
+  const view = [...Bokeh.index.all_views()].find((v) => v.model.name === name);
+  if (!view) return null;
+  const canvas = view.canvas_view.el.getBoundingClientRect();
+  const frame = view.frame.bbox;
+  const image = view.model.renderers.find((r) => r.glyph && r.glyph.type === "Image");
+  const scatter = view.model.renderers.find((r) => r.glyph && r.glyph.type === "Scatter");
+  return {
+    left: canvas.left + frame.left, top: canvas.top + frame.top,
+    width: frame.width, height: frame.height,
+    x: [view.model.x_range.start, view.model.x_range.end],
+    y: [view.model.y_range.start, view.model.y_range.end],
+    title: view.model.title.text,
+    image: image ? Array.from(image.data_source.data.image[0]) : null,
+    palette: image ? image.glyph.color_mapper.palette : null,
+    low_high: image ? [image.glyph.color_mapper.low, image.glyph.color_mapper.high] : null,
+    points_x: scatter ? Array.from(scatter.data_source.data.x) : null,
+  };
+}"""
+
+
+def figure(page: Page, name: str) -> dict:
+    """The figure ``name`` once it is drawn (views are replaced while the server works)."""
+    page.wait_for_function(f"() => ({FIGURE_JS})({name!r}) !== null", timeout=TIMEOUT_MS)
+    return page.evaluate(FIGURE_JS, name)
+
+
+def wait_for_figure(page: Page, name: str, check, message: str) -> dict:
+    """Poll the figure until ``check(figure)`` holds (the server's update has arrived)."""
+    for _ in range(TIMEOUT_MS // 250):
+        shown = page.evaluate(FIGURE_JS, name)
+        if shown is not None and check(shown):
+            return shown
+        page.wait_for_timeout(250)
+    raise AssertionError(f"{message}; {name} shows {page.evaluate(FIGURE_JS, name)}")
+
+
+def to_page(shown: dict, x: float, y: float) -> tuple[float, float]:
+    """Data coordinates to page pixels (either axis may be inverted)."""
+    (x0, x1), (y0, y1) = shown["x"], shown["y"]
+    return (
+        shown["left"] + (x - x0) / (x1 - x0) * shown["width"],
+        shown["top"] + (y1 - y) / (y1 - y0) * shown["height"],
+    )
+
+
+def to_data(shown: dict, px: float, py: float) -> tuple[float, float]:
+    (x0, x1), (y0, y1) = shown["x"], shown["y"]
+    return (
+        x0 + (px - shown["left"]) / shown["width"] * (x1 - x0),
+        y1 - (py - shown["top"]) / shown["height"] * (y1 - y0),
+    )
+
+
+def status(page: Page):
+    return page.locator(".mambapanel-status")
+
+
+def open_explorer(page: Page, server: Server, query: str) -> None:
+    page.set_viewport_size({"width": 1400, "height": 1100})
+    page.goto(f"{server.url}?{query}")
+    figure(page, "patch-view")
+
+
+def select_option(page: Page, label: str, value: str) -> None:
+    """Choose ``value`` in the header menu labelled ``label``."""
+    group = page.locator(".bk-input-group").filter(
+        has=page.locator("label", has_text=re.compile(f"^{re.escape(label)}$"))
+    )
+    group.locator("select").select_option(value)
+
+
+def distance_to_polygon(point: np.ndarray, polygon: np.ndarray) -> float:
+    """Pixels from ``point`` to the nearest edge of ``polygon``."""
+    starts, ends = polygon, np.roll(polygon, -1, axis=0)
+    edges = ends - starts
+    t = np.clip(((point - starts) * edges).sum(1) / (edges**2).sum(1), 0, 1)
+    return float(np.min(np.hypot(*(starts + t[:, None] * edges - point).T)))
+
+
+def inside(point: np.ndarray, polygon: np.ndarray) -> bool:
+    """Even-odd rule (the reference of tests/test_views.py, in page pixels)."""
+    px, py = point
+    result = False
+    for (x1, y1), (x2, y2) in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
+        if (y1 > py) != (y2 > py) and px < x1 + (py - y1) * (x2 - x1) / (y2 - y1):
+            result = not result
+    return result
+
+
+def test_lasso_drawn_with_the_mouse_highlights_the_right_patches(
+    page: Page, explorer_server: Server, small_run: Path
+) -> None:
+    open_explorer(page, explorer_server, "stage=1&block=0&method=pca")
+    scatter = figure(page, "scatterplot")
+    page.locator(".bk-tool-icon-lasso-select").click()
+    # A pentagon over the middle of the frame, in page pixels.
+    centre = np.array(
+        [scatter["left"] + scatter["width"] / 2, scatter["top"] + scatter["height"] / 2]
+    )
+    radius = 0.3 * min(scatter["width"], scatter["height"])
+    angles = np.linspace(0, 2 * np.pi, 6)[:-1] + 0.3
+    polygon = centre + radius * np.c_[np.cos(angles), np.sin(angles)]
+    page.mouse.move(*polygon[0])
+    page.mouse.down()
+    for vertex in [*polygon[1:], polygon[0]]:
+        page.mouse.move(*vertex, steps=8)
+    page.mouse.up()
+
+    embedding = RunData(small_run).intra_embedding(1, 0, "pca")
+    width = 8
+    surely, maybe = set(), set()  # points within 2 px of the lasso may fall either way
+    for index, (x, y) in enumerate(zip(embedding.x, embedding.y, strict=True)):
+        point = np.array(to_page(scatter, x, y))
+        if distance_to_polygon(point, polygon) < 2:
+            maybe.add(divmod(index, width))
+        elif inside(point, polygon):
+            surely.add(divmod(index, width))
+    assert surely, "the lasso should enclose some points"
+
+    expect(status(page)).to_contain_text(
+        re.compile(r"[1-9]\d* patches selected"), timeout=TIMEOUT_MS
+    )
+    # The status line's text is in the Markdown pane's shadow root, which locators enter.
+    text = status(page).locator("p").inner_text().split("Selection")[1]
+    listed = {(int(r), int(c)) for r, c in re.findall(r"\((\d+), (\d+)\)", text)}
+    assert surely <= listed <= surely | maybe
+
+    patches = wait_for_figure(
+        page, "patch-view", lambda shown: shown["title"].endswith("selected patches"),
+        "the patch view should show the selection",
+    )  # fmt: skip
+    shown = np.array(patches["image"]).reshape(8, 8)
+    assert {tuple(map(int, rc)) for rc in np.argwhere(shown == 1)} == listed
+    assert patches["palette"] == ["#d9d9d9", "#d62728"]  # grey, red
+
+
+def test_click_on_a_patch_colours_the_grid_by_its_stored_attention_row(
+    page: Page, explorer_server: Server, small_run: Path, artifacts: Path
+) -> None:
+    open_explorer(page, explorer_server, "stage=1&block=1&method=tsne")
+    grid = figure(page, "patch-view")
+    page.mouse.click(*to_page(grid, 5, 2))  # col 5, row 2
+    expect(status(page)).to_contain_text("Clicked patch: (2, 5)", timeout=TIMEOUT_MS)
+    shown = wait_for_figure(
+        page, "patch-view", lambda shown: "attention from (2, 5)" in shown["title"],
+        "the patch view should show the attention from (2, 5)",
+    )  # fmt: skip
+    stored = RunData(small_run).attention_row(1, 1, (2, 5))
+    np.testing.assert_array_equal(np.array(shown["image"], dtype=np.float32), stored.ravel())
+    assert shown["palette"] == hex_colours(ATTENTION_CMAP)  # light yellow to dark red
+    assert shown["palette"][0] == "#ffffcc" and shown["palette"][-1] == "#800026"
+    np.testing.assert_allclose(shown["low_high"], [stored.min(), stored.max()], rtol=1e-6)
+    # The Image view overlays the same patch's attention on image 0.
+    wait_for_figure(
+        page, "image-view", lambda shown: "from (2, 5)" in shown["title"],
+        "the image view should follow the click",
+    )  # fmt: skip
+    page.screenshot(path=artifacts / "dashboard.png", full_page=True)
+
+
+def test_switching_stage_block_and_method_updates_both_views(
+    page: Page, explorer_server: Server, small_run: Path
+) -> None:
+    run = RunData(small_run)
+    open_explorer(page, explorer_server, "stage=1&block=0&method=pca")
+    select_option(page, "stage", "2")
+    wait_for_figure(
+        page, "scatterplot", lambda shown: "stage 2 · block 0, 16 patches · pca" in shown["title"],
+        "the scatterplot should show stage 2",
+    )  # fmt: skip
+    wait_for_figure(
+        page, "patch-view", lambda shown: len(shown["image"]) == 16,
+        "the patch view should show the 4x4 grid of stage 2",
+    )  # fmt: skip
+    page.mouse.click(*to_page(figure(page, "patch-view"), 1, 3))  # col 1, row 3
+    expect(status(page)).to_contain_text("Clicked patch: (3, 1)", timeout=TIMEOUT_MS)
+
+    select_option(page, "block", "1")
+    shown = wait_for_figure(
+        page, "patch-view", lambda shown: shown["title"].startswith("block 1: attention"),
+        "the patch view should show block 1",
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        np.array(shown["image"], dtype=np.float32), run.attention_row(2, 1, (3, 1)).ravel()
+    )
+    wait_for_figure(
+        page, "scatterplot", lambda shown: "block 1, 16 patches" in shown["title"],
+        "the scatterplot should show block 1",
+    )  # fmt: skip
+
+    select_option(page, "DR method", "tsne")
+    scatter = wait_for_figure(
+        page, "scatterplot", lambda shown: shown["title"].endswith("tsne"),
+        "the scatterplot should show t-SNE",
+    )  # fmt: skip
+    np.testing.assert_allclose(scatter["points_x"], run.intra_embedding(2, 1, "tsne").x)
+    assert "from (3, 1)" in figure(page, "patch-view")["title"]  # the clicked patch stays
+
+
+def test_a_bad_run_path_shows_the_message(page: Page, tmp_path: Path) -> None:
+    missing = tmp_path / "not-a-run"
+    server = Server("explorer", str(missing))
+    try:
+        page.goto(server.url)
+        expect(page.locator(".mambapanel-error")).to_contain_text(
+            f"{missing}: no such run (the path does not exist)", timeout=TIMEOUT_MS
+        )
+        expect(page.get_by_text("Traceback")).to_have_count(0)
+    finally:
+        server.stop()
