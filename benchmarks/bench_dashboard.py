@@ -100,7 +100,7 @@ def stage0_run(workdir: Path) -> Path:
     """A real run of stage 0 at 224 px (56 x 56 patches, 2 images) with PCA embeddings."""
     run = workdir / "stage0"
     for command in (
-        ["extract", "--model", "vmamba-micro", "--images", "demo", "--n", "2", "--size", "224",
+        ["extract", "--model", "vmamba-micro", "--images", "photos", "--n", "2", "--size", "224",
          "--stages", "0", "--workers", "1", "--out", str(run)],
         ["reduce", str(run), "--methods", "pca"],
     ):  # fmt: skip

@@ -1,5 +1,7 @@
-"""Image sources for extraction (a folder, flat or ImageNet-style, or a packaged source such
-as ``demo``) and the preprocessing every model here expects (resize, centre crop, normalise).
+"""Image sources for extraction (a folder, flat or ImageNet-style, or a packaged source:
+``demo``, the held-out digits of the demo models, and ``photos``, the two photographs shipped
+with scikit-learn) and the preprocessing every model here expects (resize, centre crop,
+normalise).
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ class ImageSourceError(ValueError):
 @dataclass(frozen=True)
 class ImageFile:
     """One image of a source: ``image_id`` is its path relative to the source root ('/'
-    separated); ``label`` its class folder ('' in a flat folder)."""
+    separated); ``label`` its class folder ('' in a flat folder). A packaged source may hold
+    its images in memory: then ``path`` is None and ``read`` returns the image."""
 
     image_id: str
     label: str
-    path: Path
+    path: Path | None
+    read: Callable[[], Image.Image] | None = field(default=None, compare=False, repr=False)
+
+    def open(self) -> Image.Image:
+        """The image, fully decoded, in RGB."""
+        return self.read().convert("RGB") if self.read is not None else load_image(self.path)
 
 
 @dataclass(frozen=True)
@@ -54,9 +62,23 @@ def _sklearn_photographs() -> list[ImageFile]:
     return [ImageFile(path.name, "", path) for path in sorted(root.glob("*.jpg"))]
 
 
+def _demo_digits() -> list[ImageFile]:
+    """The held-out split of the demo dataset (``mambapanel.datasets``), labelled 0-9."""
+    from mambapanel import datasets
+
+    test = datasets.load("demo").test
+    return [
+        ImageFile(image_id, str(label), None, read=image.copy)
+        for image_id, label, image in zip(test.ids, test.labels, test.images, strict=True)
+    ]
+
+
 # Packaged sources by name: a function listing its files. ``--images NAME`` picks one;
 # anything else given to ``--images`` is a directory.
-PACKAGED_SOURCES: dict[str, Callable[[], list[ImageFile]]] = {"demo": _sklearn_photographs}
+PACKAGED_SOURCES: dict[str, Callable[[], list[ImageFile]]] = {
+    "demo": _demo_digits,
+    "photos": _sklearn_photographs,
+}
 
 
 def register_source(name: str, list_files: Callable[[], list[ImageFile]]) -> None:
@@ -95,14 +117,14 @@ def list_files(source: str | Path) -> list[ImageFile]:
     return sorted(files, key=lambda f: f.image_id)
 
 
-def image_path(source: str, image_id: str) -> Path:
-    """Where ``image_id`` of ``source`` lives (how workers find a stored run's images)."""
+def open_image(source: str, image_id: str) -> Image.Image:
+    """Image ``image_id`` of ``source``, decoded, RGB (how workers read a stored run's images)."""
     if source in PACKAGED_SOURCES:
-        paths = {f.image_id: f.path for f in PACKAGED_SOURCES[source]()}
-        if image_id not in paths:
+        files = {f.image_id: f for f in PACKAGED_SOURCES[source]()}
+        if image_id not in files:
             raise ImageSourceError(f"packaged source {source!r} has no image {image_id!r}")
-        return paths[image_id]
-    return Path(source, image_id)
+        return files[image_id].open()
+    return load_image(Path(source, image_id))
 
 
 def select_images(source: str | Path, n: int | None = None) -> Selection:
@@ -122,7 +144,7 @@ def select_images(source: str | Path, n: int | None = None) -> Selection:
         if n is not None and len(chosen) == n:
             break
         try:
-            load_image(file.path)
+            file.open()
         except UnidentifiedImageError:
             skipped.append(f"{file.image_id}: not an image")
         except (OSError, ValueError, Image.DecompressionBombError) as err:
@@ -143,12 +165,9 @@ def load_image(path: str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def sample_images() -> list[LabelledImage]:
-    """The images of the ``demo`` source, decoded."""
-    return [
-        LabelledImage(file.image_id, load_image(file.path), file.label)
-        for file in list_files("demo")
-    ]
+def sample_images(source: str = "photos") -> list[LabelledImage]:
+    """The images of a packaged source (default: the two photographs), decoded."""
+    return [LabelledImage(file.image_id, file.open(), file.label) for file in list_files(source)]
 
 
 def centre_crop(image: Image.Image, size: int) -> Image.Image:

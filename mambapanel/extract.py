@@ -192,9 +192,7 @@ def extract_shard(path: str | Path, shard: int, batch_size: int) -> int:
     thumbnails = []
     for start in range(images.start, images.stop, batch_size):
         batch = range(start, min(start + batch_size, images.stop))
-        pictures = [
-            data.load_image(data.image_path(attrs["image_source"], run.image_ids[i])) for i in batch
-        ]
+        pictures = [data.open_image(attrs["image_source"], run.image_ids[i]) for i in batch]
         thumbnails += [data.thumbnail(picture, store.THUMBNAIL_SIZE) for picture in pictures]
         with torch.no_grad(), attention.capture(model, blocks) as cap:
             model(data.preprocess(pictures, attrs["image_size"]))

@@ -30,3 +30,7 @@ def make_ss2d(
 @pytest.fixture
 def ss2d_factory():
     return make_ss2d
+
+
+# The session's small real run (compute extract + reduce), for the view and dashboard tests.
+from small_run import small_run  # noqa: E402, F401

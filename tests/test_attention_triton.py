@@ -18,6 +18,7 @@ def test_triton_is_available():
     # No silent skip: Triton is a dependency, and conftest sets TRITON_INTERPRET without a GPU.
     assert triton_kernels.available()
 
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

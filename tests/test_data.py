@@ -40,7 +40,8 @@ def test_imagenet_layout_gives_labels_and_first_n(tmp_path):
         ("cat/1.png", "cat"),
         ("dog/1.png", "dog"),
     ]
-    assert data.image_path(selection.source, "dog/2.png") == tmp_path.resolve() / "dog/2.png"
+    reread = np.asarray(data.open_image(selection.source, "dog/2.png"))
+    np.testing.assert_array_equal(reread, np.asarray(Image.open(tmp_path / "dog/2.png")))
 
 
 def test_empty_missing_and_too_small_sources_are_errors_naming_the_path(tmp_path):
@@ -58,18 +59,32 @@ def test_empty_missing_and_too_small_sources_are_errors_naming_the_path(tmp_path
         data.select_images(tmp_path, n=3)
 
 
-def test_demo_source_and_registry(tmp_path, monkeypatch):
-    demo = data.select_images("demo")
-    assert [i.image_id for i in demo.images] == ["china.jpg", "flower.jpg"]
-    assert demo.source == "demo" and demo.skipped == []
-    assert data.image_path("demo", "china.jpg").is_file()
+def test_packaged_sources_and_registry(tmp_path, monkeypatch):
+    photos = data.select_images("photos")
+    assert [i.image_id for i in photos.images] == ["china.jpg", "flower.jpg"]
+    assert photos.source == "photos" and photos.skipped == []
+    assert data.open_image("photos", "china.jpg").size == (640, 427)
     assert [s.image_id for s in data.sample_images()] == ["china.jpg", "flower.jpg"]
     write_image(tmp_path / "x.png")
     files = [data.ImageFile("x.png", "thing", tmp_path / "x.png")]
     monkeypatch.setitem(data.PACKAGED_SOURCES, "tiny", lambda: files)
     assert data.select_images("tiny").images == files
     with pytest.raises(data.ImageSourceError, match=re.escape("has no image 'y.png'")):
-        data.image_path("tiny", "y.png")
+        data.open_image("tiny", "y.png")
+
+
+def test_demo_source_is_the_held_out_digits_in_memory():
+    from mambapanel import datasets
+
+    demo = data.select_images("demo")
+    dataset = datasets.load("demo")
+    assert len(demo.images) == len(dataset.test) == 360
+    assert not set(dataset.test.ids) & set(dataset.train.ids)  # held out
+    assert [f.label for f in demo.images[:5]] == [str(y) for y in dataset.test.labels[:5]]
+    assert np.bincount(dataset.test.labels).min() >= 35  # stratified: every digit present
+    first = data.open_image("demo", demo.images[0].image_id)
+    assert first.mode == "RGB" and first.size == (8, 8)
+    assert np.asarray(first).max() > 200 and np.asarray(first).min() == 0
 
 
 def test_thumbnail_is_the_model_crop():

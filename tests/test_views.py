@@ -14,7 +14,6 @@ import panel as pn
 import pytest
 from panel.io.location import Location
 from PIL import Image
-from ui.small_run import small_run  # noqa: F401  (the session's run, a fixture)
 
 from mambapanel.store import RunError, open_run
 from mambapanel.views import Explorer, RunData, dashboard
@@ -71,11 +70,11 @@ def test_bounds_and_nearest():
 
 
 @pytest.fixture
-def explorer(small_run):  # noqa: F811
+def explorer(small_run):
     return Explorer(small_run, stage=1, block=0, method="pca")
 
 
-def test_lasso_selects_the_points_inside_and_the_patch_view_shows_them(explorer, small_run):  # noqa: F811
+def test_lasso_selects_the_points_inside_and_the_patch_view_shows_them(explorer, small_run):
     scatter, patches = explorer.sides[0].scatter, explorer.sides[0].patches
     points = open_run(small_run)["stage1"]["embedding_intra"].isel(method=0, block=0).values
     centre, spread = points.mean(0), points.std(0)
@@ -95,7 +94,7 @@ def test_lasso_selects_the_points_inside_and_the_patch_view_shows_them(explorer,
     assert explorer.selection == []
 
 
-def test_box_selects_the_points_in_bounds(explorer, small_run):  # noqa: F811
+def test_box_selects_the_points_in_bounds(explorer, small_run):
     points = open_run(small_run)["stage1"]["embedding_intra"].isel(method=0, block=0).values
     left, bottom = np.percentile(points, 30, axis=0)
     right, top = np.percentile(points, 80, axis=0)
@@ -107,7 +106,7 @@ def test_box_selects_the_points_in_bounds(explorer, small_run):  # noqa: F811
     assert explorer.selection == [divmod(int(i), 8) for i in np.flatnonzero(inside)]
 
 
-def test_tap_on_a_patch_shows_its_stored_attention_row(explorer, small_run):  # noqa: F811
+def test_tap_on_a_patch_shows_its_stored_attention_row(explorer, small_run):
     run = open_run(small_run)["stage1"]
     side = explorer.sides[0]
     side.patches.tap.event(x=5.2, y=2.9)  # col 5, row 3
@@ -147,7 +146,7 @@ def test_mode_1_points_select_and_open_an_image_and_block(explorer):
     assert len(scatter.points) == 64
 
 
-def test_switching_stage_and_method_reloads_the_views(explorer, small_run):  # noqa: F811
+def test_switching_stage_and_method_reloads_the_views(explorer, small_run):
     explorer.patch = (7, 7)
     explorer.param.update(stage=2, method="tsne")
     side = explorer.sides[0]
@@ -160,7 +159,7 @@ def test_switching_stage_and_method_reloads_the_views(explorer, small_run):  # n
     assert side.image.attention().shape == (4, 4)
 
 
-def test_compare_two_blocks_and_two_runs_with_the_same_patch(small_run):  # noqa: F811
+def test_compare_two_blocks_and_two_runs_with_the_same_patch(small_run):
     explorer = Explorer({"cross": small_run, "copy": small_run}, stage=1, block=0)
     explorer.param.update(compare="blocks", block_b=1, patch=(2, 6))
     left, right = explorer.shown
@@ -197,7 +196,7 @@ def test_url_state_round_trip(explorer):
     assert "URL: patch=8,8 ignored (outside the 4x4 grid)" in explorer.status.object
 
 
-def test_exports(explorer, small_run):  # noqa: F811
+def test_exports(explorer, small_run):
     explorer.selection = [(0, 1), (5, 5)]
     explorer.patch = (2, 2)
     header, rows = explorer.selection_table()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from served import ARTIFACTS, Server
-from small_run import small_run  # noqa: F401  (the session's run, a fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless in a container without a GPU or a network: no sandbox (root in CI), no GPU, and
@@ -44,7 +43,7 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="module")
-def explorer_server(small_run: Path) -> Iterator[Server]:  # noqa: F811
+def explorer_server(small_run: Path) -> Iterator[Server]:
     server = Server("explorer", str(small_run))
     yield server
     server.stop()

@@ -15,7 +15,7 @@ from mambapanel.views.data import RunData
 from mambapanel.views.style import ATTENTION_CMAP, hex_colours
 
 # A generous limit, to stop a hung browser or server, not to time: the first test may also
-# build the session's run (tests/ui/small_run.py), which takes minutes on a busy machine.
+# build the session's run (tests/small_run.py), which takes minutes on a busy machine.
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 
 TIMEOUT_MS = 30_000

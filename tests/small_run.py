@@ -1,9 +1,9 @@
 """A small real run for the view and dashboard tests, made once per session by the real
-command line: ``compute extract`` (vmamba-micro, the packaged demo images, stages 1 and 2 at
-64 px) then ``compute reduce`` (PCA and t-SNE).
+command line: ``compute extract`` (random-weight vmamba-micro, the two packaged photographs,
+stages 1 and 2 at 64 px) then ``compute reduce`` (PCA and t-SNE).
 
-Imported as a fixture by ``tests/test_views.py`` and ``tests/ui/conftest.py``; the run is
-kept under the session's base temporary directory, so it is built once even so.
+``tests/conftest.py`` makes it a fixture of every test; the run is kept under the session's
+base temporary directory, so it is built once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 EXTRACT = [
-    "extract", "--model", "vmamba-micro", "--images", "demo", "--n", "2", "--size", "64",
+    "extract", "--model", "vmamba-micro", "--images", "photos", "--n", "2", "--size", "64",
     "--stages", "1,2", "--workers", "1",
 ]  # fmt: skip
 METHODS = "pca,tsne"
