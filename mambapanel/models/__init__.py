@@ -36,7 +36,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "vmamba-small-s1l20": dict(dims=(96, 192, 384, 768), depths=(2, 2, 20, 2), ssm_ratio=1.0),
     "vmamba-base-s1l20": dict(dims=(128, 256, 512, 1024), depths=(2, 2, 20, 2), ssm_ratio=1.0),
     # Ours: small enough to train on two CPU cores in minutes (the demo models).
-    "vmamba-micro": dict(dims=(24, 48, 96, 192), depths=(2, 2, 2, 2), ssm_ratio=1.0),
+    "vmamba-micro": dict(dims=(16, 32, 64, 128), depths=(2, 2, 2, 2), ssm_ratio=1.0),
 }
 OFFICIAL_NAMES = {
     "vmamba-tiny-s1l8": "vssm1_tiny_0230s",
