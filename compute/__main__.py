@@ -1,55 +1,35 @@
-"""Command line: `python -m compute extract|reduce|demo`."""
+"""Command line: `python -m compute extract|reduce|train|findings|demo`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from mambapanel import data, models, orders, store
 from mambapanel.extract import BATCH_SIZE, REDUCTIONS, SHARD_SIZE
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Extract hidden attention of every block for the packaged images and print a summary."""
-    import torch
+    """The embedded default: extract, reduce and add findings for one demo model per patch
+    order (trained on scikit-learn's digits), then serve the dashboard with every run."""
+    from compute import demo as demo_runs
 
-    from mambapanel import attention, data, findings
-
-    torch.manual_seed(args.seed)
-    model = models.build(args.model, order=args.order, checkpoint=args.checkpoint)
-    samples = data.sample_images()
-    images = data.preprocess([s.image for s in samples], args.size)
-    weights = "checkpoint " + str(args.checkpoint) if args.checkpoint else "random weights"
-    print(
-        f"{args.model} ({weights}), order {model.order}, images: "
-        f"{', '.join(s.image_id for s in samples)} at {args.size}x{args.size}"
+    runs = demo_runs.build(
+        args.runs, orders=args.orders, n=args.n, methods=args.methods, workers=args.workers
     )
-    started = time.perf_counter()
-    with torch.no_grad(), attention.capture(model) as cap:
-        model(images)
-    print(
-        f"{'stage':>5} {'block':>5} {'grid':>7} {'self':>7} {'row':>7} {'column':>7}  "
-        "strongest key of the centre patch"
-    )
-    for stage, block in cap.keys():
-        alpha = cap.attention(stage=stage, block=block).mean(0).numpy()
-        H, W = cap.inputs(stage, block).grid
-        share = findings.self_row_column_share(alpha, H, W)
-        centre = (H // 2) * W + W // 2
-        key_row, key_col = divmod(int(abs(alpha[centre]).argmax()), W)
-        print(
-            f"{stage:>5} {block:>5} {f'{H}x{W}':>7} {share['self']:>7.3f} "
-            f"{share['row']:>7.3f} {share['column']:>7.3f}  (row {key_row}, col {key_col})"
-        )
-    print(f"attention of {len(cap.keys())} blocks in {time.perf_counter() - started:.2f} s")
-    return 0
+    if args.no_serve:
+        print(f"runs ready: {' '.join(map(str, runs))}")
+        return 0
+    return demo_runs.serve(runs, port=args.port, address=args.address)
 
 
 def extract(args: argparse.Namespace) -> int:
     """Extract the hidden attention of n images into a run (a zarr store), or resume it."""
     from compute.extract import extract as run_extract
 
+    if args.size is None:
+        trained = models.read_state_dict(args.checkpoint)[1] if args.checkpoint else {}
+        args.size = trained.get("config", {}).get("image_size", 224)
     run_extract(
         args.out,
         n=args.n,
@@ -79,6 +59,31 @@ def reduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def train(args: argparse.Namespace) -> int:
+    """Train a small VMamba on a packaged dataset and save a checkpoint (official layout)."""
+    from mambapanel import train as training
+
+    config = training.TrainConfig(
+        model=args.model,
+        order=args.order,
+        dataset=args.data,
+        image_size=args.size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    meta = training.train(
+        config, args.out, storage=args.storage, command=["python", "-m", "compute", *sys.argv[1:]]
+    )
+    print(
+        f"{args.out}: {args.model} {args.order}, test accuracy {meta['test_accuracy']:.4f} "
+        f"on {meta['n_test']} held-out images (train {meta['train_accuracy']:.4f}; "
+        f"chance {1 / len(meta['classes']):.2f}), {meta['seconds']:.0f} s"
+    )
+    return 0
+
+
 def parse_pool(text: str) -> int | dict[int, int]:
     """``k`` (every stage) or ``stage:k,stage:k``."""
     try:
@@ -102,7 +107,7 @@ def parse_names(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def add_model_options(p: argparse.ArgumentParser, default_size: int) -> None:
+def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vmamba-micro", choices=models.available())
     p.add_argument(
         "--order",
@@ -114,8 +119,9 @@ def add_model_options(p: argparse.ArgumentParser, default_size: int) -> None:
     p.add_argument(
         "--size",
         type=int,
-        default=default_size,
-        help=f"image side in pixels (default {default_size})",
+        default=None,
+        help="image side in pixels (default: the size a `compute train` checkpoint was "
+        "trained at, else 224)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
 
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         + " Re-running the same command into an existing run finishes it; other options "
         "are refused.",
     )
-    add_model_options(p, default_size=224)
+    add_model_options(p)
     p.add_argument("--out", required=True, help="the run: a zarr store (directory)")
     p.add_argument(
         "--images",
@@ -195,11 +201,76 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(handler=reduce)
 
     p = commands.add_parser(
-        "demo",
-        help="hidden attention of every block on the packaged images, summarised",
-        description=demo.__doc__,
+        "train",
+        help="train a small VMamba with a patch order on a packaged dataset",
+        description=train.__doc__,
     )
-    add_model_options(p, default_size=64)
+    from mambapanel import datasets
+    from mambapanel.train import STORAGE_DTYPES, TrainConfig
+
+    defaults = TrainConfig()
+    p.add_argument("--model", default=defaults.model, choices=models.available())
+    p.add_argument("--order", default=defaults.order, choices=orders.available())
+    p.add_argument(
+        "--data",
+        default=defaults.dataset,
+        choices=datasets.available(),
+        help="demo: scikit-learn's digits, 20%% held out (default demo)",
+    )
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pth)")
+    p.add_argument("--size", type=int, default=defaults.image_size, help="input side in pixels")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--storage",
+        default="float16",
+        choices=STORAGE_DTYPES,
+        help="dtype of the saved weights (default float16: half the size; the accuracy "
+        "printed is measured with the saved weights)",
+    )
+    p.set_defaults(handler=train)
+
+    from compute import demo as demo_runs
+    from compute import findings
+
+    findings.add_parser(commands)
+
+    p = commands.add_parser(
+        "demo",
+        help="the demo: runs of the trained demo models, reduced, served in the dashboard",
+        description=demo.__doc__ + " Runs already built are reused, interrupted ones resumed.",
+    )
+    p.add_argument(
+        "--runs", default="demo-runs", help="directory of the demo runs (default demo-runs)"
+    )
+    p.add_argument(
+        "--orders",
+        type=parse_names,
+        default=list(demo_runs.DEMO_ORDERS),
+        help=f"demo models to use (default {','.join(demo_runs.DEMO_ORDERS)})",
+    )
+    p.add_argument(
+        "--n",
+        type=int,
+        default=demo_runs.DEMO_IMAGES,
+        help=f"held-out digits per run (default {demo_runs.DEMO_IMAGES})",
+    )
+    p.add_argument(
+        "--methods",
+        type=parse_names,
+        default=list(demo_runs.DEMO_METHODS),
+        help="embeddings (default pca,tsne,umap)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
+    p.add_argument("--port", type=int, default=5006, help="dashboard port (default 5006)")
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; see the README before exposing it)",
+    )
+    p.add_argument("--no-serve", action="store_true", help="build the runs, do not serve")
     p.set_defaults(handler=demo)
     args = parser.parse_args(argv)
     try:

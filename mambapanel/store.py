@@ -30,6 +30,12 @@ Group ``stage{s}`` for every s in ``stages``
     attention_mean  (block, query, key) float32: the exact mean over images, NaN until final
     partial_sum     (shard, block, query, key) float64: scratch while extracting, one sum per
                     shard; removed when the run is finalised
+Group ``findings`` (added by ``python -m compute findings``; absent before)
+    attrs: findings_version, mambapanel_version, created, order, compared_orders, seeds
+    ``findings/stage{s}`` per stage: the study's findings in numbers (block separation,
+    self/row/column shares, row/column purity, order shares, locality profiles), one small
+    dataset; its variables are listed in the docstring of :mod:`mambapanel.findings`,
+    which writes and reads them (``write_findings``, ``read_findings``).
 
 Chunks: ``attention`` (1, 1, L, L), one image-block per chunk; ``attention_mean``
 (1, Q, L) with Q = all L rows when a block is at most 4 MiB, else as many rows as fit in

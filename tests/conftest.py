@@ -33,4 +33,5 @@ def ss2d_factory():
 
 
 # The session's small real run (compute extract + reduce), for the view and dashboard tests.
+from demo_runs import demo_runs  # noqa: E402, F401
 from small_run import small_run  # noqa: E402, F401

@@ -1,0 +1,139 @@
+"""The Findings view: the study's findings in numbers for one or more runs, as
+``python -m compute findings`` stored them (tables, and the locality profiles as curves).
+It reads stored findings only; computing them needs the patch orders (torch).
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import panel as pn
+import param
+import xarray as xr
+
+from mambapanel.findings import (
+    LEGEND,
+    ORDER_INTRODUCTION,
+    Findings,
+    order_section,
+    read_findings,
+    relative_profile,
+    run_sections,
+)
+from mambapanel.views.data import RunData, RunsLike, load_runs
+from mambapanel.views.style import block_colours
+
+PROFILES = (
+    ("locality", "pairs", "grid_distance", "grid distance (Chebyshev, patches)"),
+    ("sequence_locality", "sequence_pairs", "sequence_distance", "sequence distance (steps)"),
+)
+
+
+def missing(run: RunData) -> pn.pane.Markdown:
+    """What a run without stored findings shows: the command that adds them."""
+    return pn.pane.Markdown(
+        f"**{run.name}**: no stored findings; `python -m compute findings {run.path}` adds them."
+    )
+
+
+def locality_curves(dataset: xr.Dataset, stage: int) -> hv.Layout:
+    """Mean attention by grid and by sequence distance (÷ the mean; distance ≥ 1), one curve
+    per block: :func:`mambapanel.findings.relative_profile`."""
+    colours = block_colours(dataset.sizes["block"])
+    plots = []
+    for profile, pairs, name, label in PROFILES:
+        if profile not in dataset:
+            continue
+        curves = [
+            hv.Curve(
+                relative_profile(values, dataset[pairs].values),
+                hv.Dimension(name, label=label),
+                hv.Dimension("relative_attention", label="mean |α| ÷ mean"),
+                label=f"block {block}",
+            ).opts(color=colours[index])
+            for index, (block, values) in enumerate(
+                zip(dataset["block"].values, dataset[profile].values, strict=True)
+            )
+        ]
+        plots.append(
+            hv.Overlay(curves).opts(
+                title=f"stage {stage}: attention by distance",
+                width=380,
+                height=260,
+                legend_position="top_right",
+                shared_axes=False,
+                show_grid=True,
+            )
+        )
+    return hv.Layout(plots).opts(shared_axes=False)
+
+
+class FindingsView(pn.viewable.Viewer):
+    """Stored findings of one or more runs: per run, block separation and early vs late, and
+    for the chosen stage the per-block and order tables and the locality curves; with runs
+    of several orders, the cross-run order matrix.
+
+    Parameters
+    ----------
+    runs : a run's path, a ``RunData``, a sequence of them, or a mapping {name: path}
+
+    Raises
+    ------
+    mambapanel.store.RunError
+        A path that is not a usable run.
+    """
+
+    stage = param.Selector(check_on_set=True, doc="Stage whose tables and curves are shown.")
+
+    def __init__(self, runs: RunsLike, **params) -> None:
+        super().__init__()
+        self.runs: dict[str, RunData] = load_runs(runs)
+        self.findings: dict[str, Findings | None] = {
+            name: read_findings(run.tree, name) for name, run in self.runs.items()
+        }
+        stored = [f for f in self.findings.values() if f is not None]
+        stages = sorted({stage for f in stored for stage in f.stages})
+        self.param.stage.objects = stages
+        self.param.update(stage=stages[0] if stages else None, **params)
+        # One tab per run, kept across stage changes (so is the tab shown).
+        self.tabs = pn.Tabs(
+            *(
+                (name, missing(run) if findings is None else self._bound(findings))
+                for (name, run), findings in zip(
+                    self.runs.items(), self.findings.values(), strict=True
+                )
+            ),
+            dynamic=True,
+        )
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(
+            pn.pane.Markdown("### Findings"),
+            pn.widgets.Select.from_param(self.param.stage, width=120),
+            pn.param.ParamMethod(self.across_runs),
+            self.tabs,
+            pn.pane.Markdown(LEGEND, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+
+    @param.depends("stage")
+    def across_runs(self) -> pn.pane.Markdown:
+        """The order matrix of the stage, when runs of several orders have findings (else
+        empty)."""
+        stored = [f for f in self.findings.values() if f is not None]
+        section = order_section(stored, self.stage, level=5) if self.stage is not None else []
+        heading = ["#### Patch order across runs", ORDER_INTRODUCTION] if section else []
+        return pn.pane.Markdown("\n\n".join([*heading, *section]), sizing_mode="stretch_width")
+
+    def _bound(self, findings: Findings) -> pn.viewable.Viewable:
+        return pn.panel(pn.bind(run_panel, findings, self.param.stage))
+
+
+def run_panel(findings: Findings, stage: int) -> pn.Column:
+    """One run's tables (:func:`mambapanel.findings.run_sections`) for ``stage``, and its
+    locality curves."""
+    text = "\n\n".join(run_sections(findings, [stage], level=4))
+    parts = [pn.pane.Markdown(text, sizing_mode="stretch_width")]
+    dataset = findings.stages.get(stage)
+    if dataset is not None:
+        parts.append(pn.pane.HoloViews(locality_curves(dataset, stage)))
+    return pn.Column(*parts, sizing_mode="stretch_width")
