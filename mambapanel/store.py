@@ -41,7 +41,7 @@ Chunks: ``attention`` (1, 1, L, L), one image-block per chunk; ``attention_mean`
 (1, Q, L) with Q = all L rows when a block is at most 4 MiB, else as many rows as fit in
 4 MiB, so one query row is always one chunk; ``partial_sum`` (1, 1, L, L); ``done`` and
 ``thumbnail`` by shard (``shard_size`` images), so concurrent tasks never write one chunk.
-The three attention arrays are stored without compression (zstd saves ~2.5 % on them).
+The three attention arrays are stored without compression (benchmarks/RESULTS.md says why).
 
 Read a run with :func:`open_run`, or ``xr.open_datatree(path, engine="zarr",
 consolidated=False)``: the metadata is not consolidated, because zarr v3 does not specify
@@ -282,8 +282,9 @@ def _create_stage(
             fill_value=np.nan,
             dimension_names=(*leading, "block", "query", "key"),
             attributes=attributes,
-            # Uncompressed: attention matrices shrink by ~2.5 % under zstd (measured on a
-            # run), which costs ~6 ms of CPU per MB written and again per MB read.
+            # Uncompressed: zstd cost 4-14 ms of CPU per MB on the workers' critical path
+            # and saved 7 % (float32) to 48 % (float16) of a trained model's attention;
+            # see benchmarks/RESULTS.md, Extraction.
             compressors=None,
         )
 
