@@ -1,8 +1,9 @@
-"""Side-by-side comparison: ``panel serve dashboards/compare.py --args RUN [RUN_B]``.
+"""Side-by-side comparison: ``panel serve dashboards/compare.py --args RUN [RUN ...]``.
 
 One run: two blocks of it (block 0 and the stage's last block) with the same patch
-selected. Two runs (e.g. the same model with orders cross and morton): the same block of
-each. Everything else is the Explorer of ``dashboards/explorer.py``.
+selected. Several runs (e.g. the same model with orders cross and morton): the same block
+of two of them, the first two to begin with; the header's ``run`` and ``run (right)`` menus
+pick any two. Everything else is the Explorer of ``dashboards/explorer.py``.
 """
 
 import sys

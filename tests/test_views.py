@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import panel as pn
 import pytest
+import zarr
+from bokeh.document import Document
 from panel.io.location import Location
+from panel.io.state import set_curdoc
 from PIL import Image
 
 from mambapanel.store import RunError, open_run
@@ -240,3 +244,163 @@ def test_views_and_dashboards_never_import_torch():
         "assert not {'torch', 'triton'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_rendered_page_imports_nothing_it_does_not_draw_with(small_run):
+    """A page of a few thousand points needs no Dask, SciPy, scikit-learn, UMAP, Numba or
+    Datashader (over 50,000 points only), no colorcet (over ten blocks only) and no Pillow
+    (export only): each of them is a fraction of a second of a served page's first render."""
+    unwanted = ["dask", "scipy", "sklearn", "umap", "numba", "datashader", "colorcet", "PIL"]
+    code = (
+        "import sys; import panel as pn; from bokeh.document import Document; "
+        "from mambapanel.views import dashboard; "
+        f"page = dashboard([{str(small_run)!r}], stage=1, block=0); "
+        "document = Document(); document.add_root(pn.panel(page).get_root(document)); "
+        f"print(sorted(set({unwanted!r}) & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert result.stdout.decode().strip() == "[]"
+
+
+def _rendered(explorer: Explorer) -> Document:
+    """The explorer's page as a served session holds it: Bokeh models in a document."""
+    document = Document()
+    document.add_root(pn.panel(explorer).get_root(document))
+    return document
+
+
+def _figure(document: Document, name: str) -> dict:
+    """A figure as drawn: its title, the data of each glyph (by glyph type, in renderer
+    order) and the colour range of its image, if any."""
+    figure = document.select_one({"name": name})
+    glyphs: dict[str, list[dict]] = {}
+    limits = None
+    for renderer in figure.renderers:
+        data = {key: np.array(value).tolist() for key, value in renderer.data_source.data.items()}
+        glyphs.setdefault(type(renderer.glyph).__name__, []).append(data)
+        mapper = getattr(renderer.glyph, "color_mapper", None)
+        if mapper is not None:
+            limits = (mapper.low, mapper.high)
+    return {"title": figure.title.text, "glyphs": glyphs, "limits": limits}
+
+
+def test_selection_and_clicks_redraw_the_figures_as_a_fresh_render_would(explorer, small_run):
+    document = _rendered(explorer)
+    scatter, patches = explorer.sides[0].scatter, explorer.sides[0].patches
+    points = scatter.points
+    polygon = np.array([[-1e9, -1e9], [1e9, -1e9], [1e9, np.median(points.y)], [-1e9, 0]])
+    with set_curdoc(document):
+        scatter.lasso.event(geometry=polygon)
+    assert 0 < len(explorer.selection) < 64
+    grid = _figure(document, "patch-view")
+    assert grid["title"] == f"stage 1: {len(explorer.selection)} selected patches"
+    np.testing.assert_array_equal(grid["glyphs"]["Image"][0]["image"][0], patches.values())
+    highlight = _figure(document, "scatterplot")["glyphs"]["Scatter"][1]
+    np.testing.assert_array_equal(highlight["x"], points.x[scatter.selected])
+
+    def fresh(**state: object) -> Document:
+        return _rendered(Explorer(small_run, stage=1, block=0, method="pca", **state))
+
+    expected = fresh(selection=explorer.selection)
+    for name in ("patch-view", "scatterplot"):
+        assert _figure(document, name) == _figure(expected, name), name
+
+    # The first click shows attention (a new plot), the second one is written in place.
+    with set_curdoc(document):
+        patches.tap.event(x=1, y=6)
+        patches.tap.event(x=5, y=2)
+    grid = _figure(document, "patch-view")
+    assert grid["title"] == "block 0: attention from (2, 5)"
+    np.testing.assert_array_equal(
+        grid["glyphs"]["Image"][0]["image"][0], RunData(small_run).attention_row(1, 0, (2, 5))
+    )
+    assert grid["glyphs"]["Quad"][0] == {
+        "left": [4.5],
+        "right": [5.5],
+        "bottom": [1.5],
+        "top": [2.5],
+    }
+    assert grid == _figure(fresh(patch=(2, 5)), "patch-view")
+
+
+@pytest.fixture
+def three_runs(small_run, tmp_path):
+    """Three runs told apart by order and data: copies of the small run whose stage-1
+    embeddings and mean attention are scaled by 1, 2 and -1."""
+    runs = {}
+    for name, scale in (("cross", 1.0), ("morton", 2.0), ("spiral", -1.0)):
+        path = tmp_path / name
+        shutil.copytree(small_run, path)
+        group = zarr.open_group(path, mode="r+")
+        group.attrs["order"] = name
+        for variable in ("embedding_intra", "attention_mean"):
+            array = group[f"stage1/{variable}"]
+            array[...] = array[...] * scale
+        runs[name] = (path, scale)
+    return runs
+
+
+def test_explorer_of_three_runs_opens_each_when_shown_and_switches(three_runs, small_run):
+    explorer = Explorer([path for path, _ in three_runs.values()], stage=1, block=0)
+    assert explorer.param.run.objects == ["cross", "morton", "spiral"]
+    assert [run.opened for run in explorer.runs.values()] == [True, False, False]
+    reference = RunData(small_run)
+    points = reference.intra_embedding(1, 0, "pca")
+    for name in ("spiral", "morton", "cross"):
+        scale = three_runs[name][1]
+        explorer.run = name
+        explorer.patch = (3, 4)
+        side = explorer.sides[0]
+        assert side.caption.object.startswith(f"**{name}** ({name})")
+        np.testing.assert_allclose(side.scatter.points.x, points.x * scale, rtol=1e-6)
+        np.testing.assert_allclose(
+            side.patches.values(), reference.attention_row(1, 0, (3, 4)) * scale, rtol=1e-6
+        )
+        assert explorer.runs[name].opened
+    assert (explorer.stage, explorer.block) == (1, 0)  # kept across runs that have them
+
+
+def test_compare_of_three_runs_starts_with_the_first_two_and_picks_any(three_runs):
+    paths = [str(path) for path, _ in three_runs.values()]
+    explorer = dashboard(paths, compare="runs", block=0)
+    left, right = explorer.shown
+    assert (left.scatter.run.name, right.scatter.run.name) == ("cross", "morton")
+    assert not explorer.runs["spiral"].opened
+    explorer.run_b = "spiral"
+    assert explorer.shown[1].patches.run.name == "spiral"
+    explorer.patch = (1, 1)
+    np.testing.assert_allclose(
+        explorer.shown[1].patches.values(), -explorer.shown[0].patches.values(), rtol=1e-6
+    )
+
+
+def test_a_run_that_cannot_be_opened_is_named_and_the_shown_run_stays(small_run, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(small_run, broken)
+    shutil.rmtree(broken / "stage2" / "attention_mean")
+    explorer = Explorer({"good": small_run, "broken": broken}, stage=1, block=0)
+    explorer.run = "broken"
+    assert explorer.run == "good"
+    assert explorer.run_problem.visible
+    problem = f"{broken}: group 'stage2' has no variable 'attention_mean'"
+    assert problem in explorer.run_problem.object
+    explorer.param.update(compare="runs", run_b="broken")
+    assert explorer.shown[1].problem.object == problem
+
+
+def test_the_findings_tab_reads_the_findings_when_first_opened(small_run, tmp_path):
+    from compute.findings import report
+
+    run = tmp_path / "with-findings"
+    shutil.copytree(small_run, run)
+    report([run], tmp_path / "report")
+    layout = Explorer(run).__panel__()
+    tabs = layout[1]
+    assert tabs._names == ["Explore", "Findings"]
+    assert "Reading the stored findings" in tabs[1][0].object  # nothing read yet
+    tabs.active = 1
+    shown = tabs[1][0]
+    assert "Findings" in str(shown[0].object)
+    tabs.active = 0
+    tabs.active = 1
+    assert tabs[1][0] is shown  # read once

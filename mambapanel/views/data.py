@@ -1,19 +1,27 @@
 """Read-only access to a stored run for the views: grids, embeddings, attention rows and
-thumbnails, read lazily through :func:`mambapanel.store.open_run` and cached per run.
+thumbnails, read lazily from the run's zarr store and cached per run.
 
 Addressing is the store's: stage, block, patch (row, col) on the stored grid, image index.
+The views read the zarr arrays directly, not through xarray: opening a run as a DataTree
+builds an index per coordinate and makes xarray import Dask and SciPy, 0.5-0.8 s of a
+served dashboard's first render here, for a few small array reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
-from mambapanel.store import RunError, open_run
+from mambapanel.store import RunError, check_run, open_run
+
+if TYPE_CHECKING:
+    import xarray as xr
+    import zarr
 
 Patch = tuple[int, int]
 
@@ -39,7 +47,10 @@ class Embedding:
 
 
 class RunData:
-    """One run, opened and validated once, read on demand.
+    """One run, opened and validated on first use, read on demand.
+
+    Nothing is read when a RunData is made, so that a dashboard of many runs opens only the
+    one it shows; the first read validates the run.
 
     Parameters
     ----------
@@ -49,58 +60,88 @@ class RunData:
     Raises
     ------
     mambapanel.store.RunError
-        ``path`` is missing, not a run, or incomplete (the message names the path).
+        On first use: ``path`` is missing, not a run, or incomplete (the message names the
+        path).
     """
 
     def __init__(self, path: str | Path, name: str | None = None) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
-        self.tree: xr.DataTree = open_run(self.path)
         self._inter: dict[tuple[int, str], Embedding] = {}
         self._intra: dict[tuple[int, int, str], Embedding] = {}
+        # Stage groups, their attrs and method lists, read once: each read is a file read.
+        self._groups: dict[int, zarr.Group] = {}
+        self._attrs: dict[int, dict] = {}
+        self._methods: dict[int, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"RunData({self.name!r}, path={str(self.path)!r})"
 
-    @property
-    def stages(self) -> list[int]:
-        return [int(stage) for stage in self.tree.attrs["stages"]]
+    @cached_property
+    def root(self) -> zarr.Group:
+        """The run's root group, validated (:func:`mambapanel.store.check_run`)."""
+        root = check_run(self.path)
+        if not root.attrs["complete"]:
+            open_run(self.path)  # refuses an incomplete run, with the store's message
+        return root
 
     @property
+    def opened(self) -> bool:
+        """Whether the run has been opened (by :meth:`open` or a first read)."""
+        return "root" in self.__dict__  # where functools.cached_property keeps the group
+
+    def open(self) -> RunData:
+        """Validate the run now (it is otherwise validated on first use); returns it.
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            See the class.
+        """
+        _ = self.root
+        return self
+
+    @cached_property
+    def tree(self) -> xr.DataTree:
+        """The run as an ``xarray.DataTree`` (:func:`mambapanel.store.open_run`), opened on
+        first use: the dashboard's own views do not need it."""
+        return open_run(self.path)
+
+    @cached_property
+    def stages(self) -> list[int]:
+        return [int(stage) for stage in self.root.attrs["stages"]]
+
+    @cached_property
     def image_ids(self) -> list[str]:
-        return [str(image_id) for image_id in self.tree["image_id"].values]
+        return [str(image_id) for image_id in self.root["image_id"][...].tolist()]
 
     @property
     def order(self) -> str:
-        return str(self.tree.attrs["order"])
-
-    def node(self, stage: int) -> xr.DataTree:
-        if stage not in self.stages:
-            raise KeyError(f"{self.path}: stores stages {self.stages}, not stage {stage}")
-        return self.tree[f"stage{stage}"]
+        return str(self.root.attrs["order"])
 
     def n_blocks(self, stage: int) -> int:
-        return int(self.node(stage).attrs["n_blocks"])
+        return int(self._stage_attrs(stage)["n_blocks"])
 
     def grid(self, stage: int) -> tuple[int, int]:
         """The stored grid (height, width), after pooling."""
-        attrs = self.node(stage).attrs
+        attrs = self._stage_attrs(stage)
         return int(attrs["grid_height"]), int(attrs["grid_width"])
 
     def full_grid(self, stage: int) -> tuple[int, int]:
         """The model's grid (height, width) at ``stage``, before pooling."""
-        attrs = self.node(stage).attrs
+        attrs = self._stage_attrs(stage)
         return int(attrs["full_grid_height"]), int(attrs["full_grid_width"])
 
     def pool(self, stage: int) -> int:
-        return int(self.node(stage).attrs["pool"])
+        return int(self._stage_attrs(stage)["pool"])
 
     def methods(self, stage: int) -> list[str]:
         """Stored reduction methods of ``stage`` ([] before ``python -m compute reduce``)."""
-        node = self.node(stage)
-        if "embedding_intra" not in node.data_vars:
-            return []
-        return [str(method) for method in node["method"].values]
+        if stage not in self._methods:
+            group = self._stage_group(stage)
+            stored = "embedding_intra" in group and "method" in group
+            self._methods[stage] = [str(m) for m in group["method"][...].tolist()] if stored else []
+        return list(self._methods[stage])
 
     def patch_index(self, stage: int, patch: Patch) -> int:
         """The row-major query/key index of ``patch`` (row, col) on the stored grid."""
@@ -117,7 +158,7 @@ class RunData:
         """Mode 1: the m x n points of ``embedding_inter`` (one per image and block)."""
         key = (stage, method)
         if key not in self._inter:
-            values = self._embedding(stage, "embedding_inter", method)  # (image, block, xy)
+            values = self._embedding(stage, "embedding_inter", method, ("image", "block", "xy"))
             n_images, n_blocks, _ = values.shape
             image, block = np.divmod(np.arange(n_images * n_blocks), n_blocks)
             points = values.reshape(-1, 2).astype(np.float64)
@@ -128,13 +169,43 @@ class RunData:
         """Mode 2: the p² points of ``embedding_intra`` of one block (one per query patch)."""
         key = (stage, block, method)
         if key not in self._intra:
-            values = self._embedding(stage, "embedding_intra", method)[block]  # (query, xy)
+            values = self._embedding(stage, "embedding_intra", method, ("query", "xy"), block=block)
             row, col = np.divmod(np.arange(len(values)), self.grid(stage)[1])
             points = values.astype(np.float64)
             self._intra[key] = Embedding(points[:, 0], points[:, 1], row=row, col=col)
         return self._intra[key]
 
-    def _embedding(self, stage: int, variable: str, method: str) -> np.ndarray:
+    def attention_row(self, stage: int, block: int, patch: Patch) -> np.ndarray:
+        """Algorithm 2: ``attention_mean`` from ``patch`` to every patch, f32(height, width)."""
+        query = self.patch_index(stage, patch)
+        row = self._read(stage, "attention_mean", ("key",), block=block, query=query)
+        return row.reshape(self.grid(stage))
+
+    def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
+        """One image's ``attention`` from ``patch`` to every patch, f32(height, width)."""
+        query = self.patch_index(stage, patch)
+        row = self._read(stage, "attention", ("key",), image=image, block=block, query=query)
+        return row.astype(np.float32).reshape(self.grid(stage))
+
+    def thumbnail(self, image: int) -> np.ndarray:
+        """The model's centre crop of ``image``, uint8(64, 64, 3)."""
+        return self.root["thumbnail"][image]
+
+    def _stage_group(self, stage: int) -> zarr.Group:
+        if stage not in self._groups:
+            if stage not in self.stages:
+                raise KeyError(f"{self.path}: stores stages {self.stages}, not stage {stage}")
+            self._groups[stage] = self.root[f"stage{stage}"]
+        return self._groups[stage]
+
+    def _stage_attrs(self, stage: int) -> dict:
+        if stage not in self._attrs:
+            self._attrs[stage] = dict(self._stage_group(stage).attrs)
+        return self._attrs[stage]
+
+    def _embedding(
+        self, stage: int, variable: str, method: str, dims: tuple[str, ...], **index: int
+    ) -> np.ndarray:
         methods = self.methods(stage)
         if method not in methods:
             raise KeyError(
@@ -142,33 +213,29 @@ class RunData:
                 f"{method!r} (add it with `python -m compute reduce {self.path} --methods "
                 f"{method}`)"
             )
-        # By position: `.sel(method=...)` on the StringDType coordinate that zarr v3 strings
-        # read back as selects every method (xarray 2025), not the one asked for.
-        variable = self.node(stage)[variable].isel(method=methods.index(method))
-        return variable.transpose(..., "xy").values
+        return self._read(stage, variable, dims, method=methods.index(method), **index)
 
-    def attention_row(self, stage: int, block: int, patch: Patch) -> np.ndarray:
-        """Algorithm 2: ``attention_mean`` from ``patch`` to every patch, f32(height, width)."""
-        query = self.patch_index(stage, patch)
-        row = self.node(stage)["attention_mean"].isel(block=block, query=query).values
-        return row.reshape(self.grid(stage))
-
-    def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
-        """One image's ``attention`` from ``patch`` to every patch, f32(height, width)."""
-        query = self.patch_index(stage, patch)
-        row = self.node(stage)["attention"].isel(image=image, block=block, query=query)
-        return row.values.astype(np.float32).reshape(self.grid(stage))
-
-    def thumbnail(self, image: int) -> np.ndarray:
-        """The model's centre crop of ``image``, uint8(64, 64, 3)."""
-        return self.tree["thumbnail"].isel(image=image).values
+    def _read(self, stage: int, variable: str, dims: tuple[str, ...], **index: int) -> np.ndarray:
+        """``variable`` of ``stage`` at integer positions ``index`` {dimension: position},
+        with the remaining dimensions in the order ``dims`` (what ``isel`` and
+        ``transpose`` do on the xarray variable)."""
+        array = self._stage_group(stage)[variable]
+        names = tuple(array.metadata.dimension_names)
+        if set(index) - set(names) or set(names) - set(index) != set(dims):
+            raise KeyError(
+                f"{self.path}: stage{stage}/{variable} has dimensions {names}; asked for "
+                f"{sorted(index)} and {dims}"
+            )
+        values = array[tuple(index.get(name, slice(None)) for name in names)]
+        kept = [name for name in names if name not in index]
+        return np.transpose(values, [kept.index(name) for name in dims])
 
 
 RunsLike = str | Path | RunData | Sequence[str | Path | RunData] | Mapping[str, str | Path]
 
 
 def load_runs(runs: RunsLike) -> dict[str, RunData]:
-    """Open runs and name them: {name: RunData}, in the order given.
+    """Name runs: {name: RunData}, in the order given; each is opened on first use.
 
     Parameters
     ----------
@@ -179,7 +246,7 @@ def load_runs(runs: RunsLike) -> dict[str, RunData]:
     Raises
     ------
     mambapanel.store.RunError
-        No run given, or a path that is not a usable run (the first one found).
+        No run given, or the same run twice.
     """
     if isinstance(runs, str | Path | RunData):
         runs = [runs]

@@ -13,7 +13,7 @@ import numpy as np
 import panel as pn
 import param
 
-from mambapanel.views import export
+from mambapanel.store import RunError
 from mambapanel.views.data import RunData, RunsLike, load_runs
 from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
@@ -27,11 +27,10 @@ COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
 STATUS_PATCHES = 40  # selected patches listed by name in the status line
 
 
-def _update(view: param.Parameterized, values: dict, **more: object) -> None:
+def _update(view: param.Parameterized, values: dict) -> None:
     """Set what differs, in one batch. param compares values it does not know (a RunData)
     as different, and each change may redraw a plot."""
-    changed = {k: v for k, v in {**values, **more}.items() if getattr(view, k) != v}
-    view.param.update(changed)
+    view.param.update({k: v for k, v in values.items() if getattr(view, k) != v})
 
 
 @dataclass
@@ -99,11 +98,17 @@ class Explorer(pn.viewable.Viewer):
             css_classes=["mambapanel-status"], sizing_mode="stretch_width"
         )
         self._layout = pn.Row()
+        # Runs are opened when first shown; one that cannot be opened then is named here.
+        self.run_problem = pn.pane.Alert(
+            alert_type="danger", visible=False, css_classes=["mambapanel-run-problem"]
+        )
         names = list(self.runs)
+        self._opened = names[0]  # the last run shown
+        self.runs[names[0]].open()
         self.param.run.objects = names
         self.param.run_b.objects = names
-        self.param.update(run=names[0], run_b=names[-1])
-        self._on_run()
+        # Comparing two runs starts with the first two.
+        self.param.update(run=names[0], run_b=names[min(1, len(names) - 1)])
         self._widgets = self._header()
         self.param.update(**params)
         self._add_side()
@@ -113,11 +118,20 @@ class Explorer(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         if not self._url_synced and pn.state.curdoc and pn.state.curdoc.session_context:
             self.sync_url(pn.state.location)
+        explore = pn.Column(self._widgets, self.run_problem, self._layout, self.status)
+        # The findings of every run are read only when their tab is first opened.
+        findings = pn.Column(pn.pane.Markdown("Reading the stored findings ..."))
+        tabs = pn.Tabs(("Explore", explore), ("Findings", findings))
+
+        def open_findings(event: param.parameterized.Event) -> None:
+            if event.new == 1 and len(findings) == 1 and isinstance(findings[0], pn.pane.Markdown):
+                from mambapanel.views.findings import FindingsView
+
+                findings[:] = [FindingsView(self.runs)]
+
+        tabs.param.watch(open_findings, "active")
         return pn.Column(
-            pn.pane.Markdown("### mambapanel: hidden attention of vision Mamba models"),
-            self._widgets,
-            self._layout,
-            self.status,
+            pn.pane.Markdown("### mambapanel: hidden attention of vision Mamba models"), tabs
         )
 
     @property
@@ -133,8 +147,16 @@ class Explorer(pn.viewable.Viewer):
 
     @param.depends("run", watch=True)
     def _on_run(self) -> None:
-        """Offer what the run stores; keep the stage and image when it has them."""
-        run = self.data
+        """Offer what the run stores; keep the stage and image when it has them. A run that
+        cannot be opened is named in the page, and the last run shown comes back."""
+        try:
+            run = self.data.open()
+        except RunError as err:
+            self.run = self._opened
+            self.run_problem.param.update(object=f"Cannot show run {err}", visible=True)
+            return
+        self._opened = self.run
+        self.run_problem.visible = False
         self.param.image.bounds = (0, len(run.image_ids) - 1)
         if self.image >= len(run.image_ids):
             self.image = 0
@@ -161,15 +183,30 @@ class Explorer(pn.viewable.Viewer):
     # -- views --------------------------------------------------------------------------
 
     def _add_side(self) -> None:
+        run, block = self._side_values(len(self.sides))
+        if self._problem(run) is not None:  # the left side's run until it can show its own
+            run, block = self.data, self.block
+        # What the views draw first; the rest (patch, selection, image, scale) follows in
+        # _forward, whose changes update them.
+        drawn = dict(run=run, stage=self.stage, block=block)
         side = Side(
-            ScatterView(run=self.data),
-            PatchView(run=self.data),
-            ImageView(run=self.data),
+            ScatterView(**drawn, method=self.method),
+            PatchView(**drawn),
+            ImageView(**drawn),
             pn.pane.Markdown(margin=(0, 10)),
             pn.pane.Alert(alert_type="warning", visible=False),
         )
         self.sides.append(side)
         self._link_side(len(self.sides) - 1, side)
+
+    def _view_values(self, run: RunData, block: int | None) -> tuple[dict, dict, dict]:
+        """The parameters of a side's scatterplot, patch view and image view."""
+        common = dict(run=run, stage=self.stage, block=block, patch=self.patch)
+        return (
+            dict(common, method=self.method, image=self.image),
+            dict(common, selection=self.selection, scale=self.scale),
+            dict(common, image=self.image, scale=self.scale),
+        )
 
     def _side_values(self, index: int) -> tuple[RunData, int | None]:
         """The run and block of side ``index``: the right side (1) differs when comparing."""
@@ -184,6 +221,10 @@ class Explorer(pn.viewable.Viewer):
         """Why ``run`` cannot show the left side's stage, block and method, or None."""
         if run is self.data:
             return None
+        try:
+            run.open()
+        except RunError as err:
+            return str(err)
         if self.stage not in run.stages:
             return f"{run.name} stores stages {run.stages}, not stage {self.stage}"
         if run.grid(self.stage) != self.data.grid(self.stage):
@@ -213,10 +254,8 @@ class Explorer(pn.viewable.Viewer):
                 side.problem.param.update(object=problem or "", visible=problem is not None)
                 if problem is not None:
                     continue
-                common = dict(run=run, stage=self.stage, block=block, patch=self.patch)
-                _update(side.scatter, common, method=self.method, image=self.image)
-                _update(side.patches, common, selection=self.selection, scale=self.scale)
-                _update(side.image, common, image=self.image, scale=self.scale)
+                for view, values in zip(side.views(), self._view_values(run, block), strict=True):
+                    _update(view, values)
                 if self.selection != side.scatter.selected_patches():
                     side.scatter.select_patches(self.selection)
                 where = ALL_BLOCKS if block is None else f"block {block}"
@@ -281,7 +320,7 @@ class Explorer(pn.viewable.Viewer):
                 margin=(25, 5),
             ),
             pn.widgets.FileDownload(
-                callback=lambda: io.StringIO(export.csv_text(*self.selection_table())),
+                callback=lambda: io.StringIO(self.selection_csv()),
                 filename="selection.csv",
                 label="Selection (CSV)",
                 width=130,
@@ -336,13 +375,26 @@ class Explorer(pn.viewable.Viewer):
 
     # -- export, URL --------------------------------------------------------------------
 
+    # The export module is imported on first use: it brings Pillow, and PNG export brings
+    # Datashader, which a page does not need until a download button is pressed.
+
     def figures(self) -> bytes:
         """The figures shown as one PNG: a row per side (scatterplot, patches, image)."""
+        from mambapanel.views import export
+
         return export.figures_png([export.side_figures(*side.views()) for side in self.shown])
 
     def selection_table(self) -> tuple[list[str], list[list[object]]]:
         """The selection of the left side as a table; see :func:`export.selection_table`."""
+        from mambapanel.views import export
+
         return export.selection_table(self.sides[0].scatter, self.sides[0].patches)
+
+    def selection_csv(self) -> str:
+        """:meth:`selection_table` as CSV text, with a header line."""
+        from mambapanel.views import export
+
+        return export.csv_text(*self.selection_table())
 
     def sync_url(self, location: pn.io.location.Location) -> None:
         """Keep run, stage, block, method, patch and image in the URL query of ``location``

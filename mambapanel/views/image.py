@@ -12,7 +12,14 @@ import param
 from mambapanel.views.data import RunData
 from mambapanel.views.hold import held
 from mambapanel.views.patch import FRAME, grid_opts, outlined, patch_at
-from mambapanel.views.style import ATTENTION_CMAP, SCALES, colour_limits, named, scaled
+from mambapanel.views.style import (
+    ATTENTION_CMAP,
+    SCALES,
+    colour_limits,
+    hex_colours,
+    named,
+    scaled,
+)
 
 
 def full_grid_values(values: np.ndarray, pool: int, full_grid: tuple[int, int]) -> np.ndarray:
@@ -47,7 +54,7 @@ def attention_layer(
     xs = (np.arange(full_width) + 0.5) / pool - 0.5
     ys = (np.arange(full_height) + 0.5) / pool - 0.5
     return hv.Image((xs, ys, values), ["col", "row"], ["attention"]).opts(
-        cmap=ATTENTION_CMAP,
+        cmap=hex_colours(ATTENTION_CMAP),
         clim=colour_limits(values),
         logz=scale == "log",
         alpha=opacity,

@@ -12,6 +12,7 @@ import param
 
 from mambapanel.views.data import Patch, RunData
 from mambapanel.views.hold import held
+from mambapanel.views.inplace import Drawn, write_columns
 from mambapanel.views.style import (
     ATTENTION_CMAP,
     GREY,
@@ -19,6 +20,7 @@ from mambapanel.views.style import (
     RED,
     SCALES,
     colour_limits,
+    hex_colours,
     named,
     scaled,
 )
@@ -34,12 +36,16 @@ def patch_grid(values: np.ndarray, vdim: str) -> hv.Image:
     return hv.Image((np.arange(width), np.arange(height), values), ["col", "row"], [vdim])
 
 
+def box(patch: Patch | None) -> dict[str, np.ndarray]:
+    """The outline of ``patch`` (row, col) as the columns of a quad glyph: left, bottom,
+    right and top in patch coordinates (col, row), for one box, or for none."""
+    row, col = (np.empty(0), np.empty(0)) if patch is None else np.array([patch]).T
+    return {"left": col - 0.5, "bottom": row - 0.5, "right": col + 0.5, "top": row + 0.5}
+
+
 def outline(patch: Patch | None) -> hv.Rectangles:
     """A box around ``patch`` (row, col), or no box."""
-    boxes = (
-        [] if patch is None else [(patch[1] - 0.5, patch[0] - 0.5, patch[1] + 0.5, patch[0] + 0.5)]
-    )
-    return hv.Rectangles(boxes, ["col", "row", "col2", "row2"]).opts(
+    return hv.Rectangles(tuple(box(patch).values()), ["col", "row", "col2", "row2"]).opts(
         fill_alpha=0.0, line_color=OUTLINE, line_width=3
     )
 
@@ -130,8 +136,8 @@ class PatchView(pn.viewable.Viewer):
             row = self.run.attention_row(self.stage, self.block, self.patch)
             return scaled(row, self.scale)
         values = np.zeros(self.run.grid(self.stage), dtype=np.float32)
-        for row, col in self.selection:
-            values[row, col] = 1
+        if self.selection:
+            values[tuple(np.array(self.selection).T)] = 1
         return values
 
     @param.depends("selection", watch=True)
@@ -151,37 +157,55 @@ class PatchView(pn.viewable.Viewer):
     @param.depends("run", "stage", "scale", "_attention", watch=True)
     def _build(self) -> None:
         """Draw anew (a Bokeh plot keeps its grid size, colour bar and colour scale); other
-        changes of block, patch and selection then update the plot in place."""
-        grid = hv.DynamicMap(
-            self._grid, streams=[hv.streams.Params(self, ["block", "patch", "selection"])]
-        )
+        changes of block, patch and selection are written into the plot in place."""
+        self._grid_plots = Drawn(self._draw_grid)
+        self._outline_plots = Drawn(lambda plot: write_columns(plot, **box(self.patch)))
+        grid = self._grid()
         # Streams attach to the grid, not to the overlay: HoloViews does not deliver the
         # events of an overlay's plot to its streams.
         self.tap = hv.streams.Tap(source=grid)
         self.tap.add_subscriber(held(self.select))
-        self._plot[:] = [pn.pane.HoloViews(grid * outlined(self))]
+        outlined = outline(self.patch).opts(hooks=[self._outline_plots.hook])
+        self._plot[:] = [pn.pane.HoloViews(grid * outlined)]
 
-    def _grid(self, **_: object) -> hv.Image:
+    @param.depends("block", "patch", "selection", watch=True)
+    def _redraw(self) -> None:
+        self._grid_plots.redraw()
+        self._outline_plots.redraw()
+
+    def _content(self) -> tuple[np.ndarray, str, tuple[float, float]]:
+        """What the grid shows: values (see :meth:`values`), title and colour range."""
         values = self.values()
         if self.shows_attention:
             row, col = self.patch
             what = "|attention|, log" if self.scale == "log" else "attention"
-            return patch_grid(values, "attention").opts(
-                cmap=ATTENTION_CMAP,
-                clim=colour_limits(values),
-                logz=self.scale == "log",
-                colorbar=True,
-                clipping_colors={"NaN": "white"},
-                hooks=[named("patch-view")],
-                **grid_opts(f"block {self.block}: {what} from ({row}, {col})", values.shape),
-            )
+            return values, f"block {self.block}: {what} from ({row}, {col})", colour_limits(values)
         title = f"stage {self.stage}: {len(self.selection)} selected patches"
         if self.block is None and not self.selection:
             title = f"stage {self.stage}: pick a block for attention"
+        return values, title, (0, 1)
+
+    def _grid(self) -> hv.Image:
+        values, title, limits = self._content()
+        options = grid_opts(title, values.shape)
+        hooks = [named("patch-view"), self._grid_plots.hook]
+        if self.shows_attention:
+            return patch_grid(values, "attention").opts(
+                cmap=hex_colours(ATTENTION_CMAP),
+                clim=limits,
+                logz=self.scale == "log",
+                colorbar=True,
+                clipping_colors={"NaN": "white"},
+                hooks=hooks,
+                **options,
+            )
         return patch_grid(values, "selected").opts(
-            cmap=[GREY, RED],
-            clim=(0, 1),
-            colorbar=False,
-            hooks=[named("patch-view")],
-            **grid_opts(title, values.shape),
+            cmap=[GREY, RED], clim=limits, colorbar=False, hooks=hooks, **options
         )
+
+    def _draw_grid(self, plot: object) -> None:
+        """Write what :meth:`_grid` would show into one of its plots."""
+        values, title, (low, high) = self._content()
+        write_columns(plot, image=[values])
+        plot.state.title.text = title
+        plot.handles["color_mapper"].update(low=low, high=high)

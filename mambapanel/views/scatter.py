@@ -15,7 +15,8 @@ import param
 from mambapanel.views.data import Embedding, Patch, RunData
 from mambapanel.views.geometry import PointIndex
 from mambapanel.views.hold import held
-from mambapanel.views.style import COLUMN_CMAP, HIGHLIGHT, block_colours, named
+from mambapanel.views.inplace import Drawn, write_columns
+from mambapanel.views.style import COLUMN_CMAP, HIGHLIGHT, block_colours, hex_colours, named
 
 FRAME_WIDTH, FRAME_HEIGHT = 380, 330  # pixels of the plotting area
 # Mode 2 point sizes in screen pixels: row 0 smallest, the last row largest (the paper's
@@ -89,6 +90,7 @@ class ScatterView(pn.viewable.Viewer):
         self.ranges: hv.streams.RangeXY | None = None
         self.points: Embedding | None = None
         self._index: PointIndex | None = None
+        self._highlighted: Drawn | None = None  # the highlight's plots (Bokeh glyphs only)
         self._clear = pn.widgets.Button(label="Clear selection", color="light", width=130)
         self._clear.on_click(lambda _: self.clear())
         self._plot = pn.Column()
@@ -165,7 +167,7 @@ class ScatterView(pn.viewable.Viewer):
         new streams; a stored embedding that is missing shows why instead."""
         # The old points go first: watchers of `selected` read them, and they no longer
         # match the mode.
-        self.points = self._index = None
+        self.points = self._index = self._highlighted = None
         self.lasso = self.box = self.tap = self.ranges = None
         self.selected = np.empty(0, dtype=np.int64)
         if self.run is None:
@@ -188,8 +190,10 @@ class ScatterView(pn.viewable.Viewer):
         self.box = hv.streams.BoundsXY(source=base)
         self.tap = hv.streams.Tap(source=base)
         self.ranges = hv.streams.RangeXY(source=base)
-        self.lasso.add_subscriber(held(self.select_polygon))
-        self.box.add_subscriber(held(self.select_bounds))
+        # A selection is written in place (highlight, patch grid), or redraws one figure
+        # through HoloViews (the Datashader highlight): nothing for a freeze to batch.
+        self.lasso.add_subscriber(held(self.select_polygon, freeze=False))
+        self.box.add_subscriber(held(self.select_bounds, freeze=False))
         self.tap.add_subscriber(held(self.pick))
         self._plot[:] = [pn.pane.HoloViews(base * self._highlight(frame))]
 
@@ -249,7 +253,7 @@ class ScatterView(pn.viewable.Viewer):
         else:
             style = dict(
                 color="col",
-                cmap=COLUMN_CMAP,
+                cmap=hex_colours(COLUMN_CMAP),
                 size="size",
                 colorbar=True,
                 clabel="col",
@@ -283,7 +287,7 @@ class ScatterView(pn.viewable.Viewer):
             style = dict(legend_position="right")
         else:
             shaded = rasterize(points, aggregator=ds.mean("col"), **self._ranges())
-            style = dict(cmap=COLUMN_CMAP, colorbar=True, clabel="col")
+            style = dict(cmap=hex_colours(COLUMN_CMAP), colorbar=True, clabel="col")
         return dynspread(shaded, max_px=SPREAD_PX, threshold=0.5).opts(**style, **self._opts())
 
     def _ranges(self) -> dict[str, tuple[float, float]]:
@@ -291,22 +295,40 @@ class ScatterView(pn.viewable.Viewer):
         otherwise aggregates over the bare extent and the outermost points sit on the edge)."""
         return {"x_range": padded_range(self.points.x), "y_range": padded_range(self.points.y)}
 
-    def _highlight(self, frame: pd.DataFrame) -> hv.DynamicMap:
-        """The selected points, redrawn in place when ``selected`` changes: a black ring
-        around each glyph, or black pixels when Datashader renders the points."""
-        frame = frame[["x", "y"]].assign(
-            ring=frame["size"] + 4 if "size" in frame else MODE1_SIZE + 4
-        )
+    def _highlight(self, frame: pd.DataFrame) -> hv.Points | hv.DynamicMap:
+        """The selected points: a black ring around each glyph, written in place when
+        ``selected`` changes (:mod:`mambapanel.views.inplace`); or black pixels when
+        Datashader renders the points, re-shaded by HoloViews."""
+        x, y = frame["x"].to_numpy(), frame["y"].to_numpy()
+        ring = (frame["size"].to_numpy() if "size" in frame else np.full(len(x), MODE1_SIZE)) + 4
 
         def selected_points(selected: np.ndarray) -> hv.Points:
-            return hv.Points(frame.iloc[selected], ["x", "y"], ["ring"])
+            return hv.Points((x[selected], y[selected], ring[selected]), ["x", "y"], ["ring"])
 
-        dynamic = hv.DynamicMap(selected_points, streams=[hv.streams.Params(self, ["selected"])])
         if self.shaded:
             from holoviews.operation.datashader import datashade, dynspread
 
+            dynamic = hv.DynamicMap(
+                selected_points, streams=[hv.streams.Params(self, ["selected"])]
+            )
             shaded = datashade(dynamic, cmap=[HIGHLIGHT], min_alpha=255, **self._ranges())
             return dynspread(shaded, max_px=SPREAD_PX)
-        return dynamic.opts(
-            marker="circle", size="ring", fill_alpha=0.0, line_color=HIGHLIGHT, line_width=1.5
+
+        def draw(plot: object) -> None:
+            selected = self.selected
+            write_columns(plot, x=x[selected], y=y[selected], size=ring[selected])
+
+        self._highlighted = Drawn(draw)
+        return selected_points(self.selected).opts(
+            marker="circle",
+            size="ring",
+            fill_alpha=0.0,
+            line_color=HIGHLIGHT,
+            line_width=1.5,
+            hooks=[self._highlighted.hook],
         )
+
+    @param.depends("selected", watch=True)
+    def _redraw_highlight(self) -> None:
+        if self._highlighted is not None:
+            self._highlighted.redraw()

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import colorcet
 import numpy as np
-from holoviews.plotting.util import process_cmap
+from bokeh.palettes import Category10_10
+from holoviews.plotting.util import bokeh_palette_to_palette
 
 ATTENTION_CMAP = "YlOrRd"  # the paper's light-yellow (weak) to dark-red (strong)
 COLUMN_CMAP = "viridis"  # Mode 2 scatterplot: colour = column
@@ -21,14 +21,24 @@ SCALES = ("linear", "log")
 
 
 def block_colours(n_blocks: int) -> list[str]:
-    """One distinct colour per block (Glasbey's categorical palette, Category10 first)."""
-    palette = colorcet.palette["glasbey_category10"]
+    """One distinct colour per block: Category10, then Glasbey's categorical palette
+    (colorcet's ``glasbey_category10`` past its first ten). colorcet is imported only for
+    more than ten blocks: its import takes a quarter of a second here."""
+    palette = list(Category10_10)
+    if n_blocks > len(palette):
+        import colorcet
+
+        palette += colorcet.palette["glasbey_category10"][len(palette) :]
     return [palette[block % len(palette)] for block in range(n_blocks)]
 
 
 def hex_colours(cmap: str, n: int = 256) -> list[str]:
-    """``n`` colours of the named colormap exactly as HoloViews resolves it."""
-    return process_cmap(cmap, ncolors=n)
+    """``n`` colours of the named Bokeh palette, interpolated as HoloViews resolves the name.
+
+    The views hand HoloViews these lists, not names: resolving a name makes HoloViews list
+    every colormap provider, which imports colorcet.
+    """
+    return bokeh_palette_to_palette(cmap, ncolors=n)
 
 
 def scaled(values: np.ndarray, scale: str) -> np.ndarray:

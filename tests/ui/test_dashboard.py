@@ -3,15 +3,20 @@ header's menus, and a bad run path, checked against the stored run."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
 from served import Server
 
+from mambapanel.views import export
 from mambapanel.views.data import RunData
+from mambapanel.views.explorer import STATUS_PATCHES
 from mambapanel.views.style import ATTENTION_CMAP, hex_colours
 
 # A generous limit, to stop a hung browser or server, not to time: the first test may also
@@ -19,6 +24,7 @@ from mambapanel.views.style import ATTENTION_CMAP, hex_colours
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 
 TIMEOUT_MS = 30_000
+SELECTION_TITLE = re.compile(r": [1-9]\d* selected patches$")  # the patch view's, once selected
 # A figure found by its Bokeh name (mambapanel.views.style.named): its frame in page pixels,
 # its axis ranges, its title, and the values of its image glyph (a patch grid) if any.
 FIGURE_JS = """(name) => {
@@ -93,6 +99,38 @@ def select_option(page: Page, label: str, value: str) -> None:
     group.locator("select").select_option(value)
 
 
+def draw_lasso(page: Page, scatter: dict) -> np.ndarray:
+    """Draw a pentagon over the middle of the scatterplot's frame with the lasso tool; its
+    vertices in page pixels."""
+    page.locator(".bk-tool-icon-lasso-select").click()
+    centre = np.array(
+        [scatter["left"] + scatter["width"] / 2, scatter["top"] + scatter["height"] / 2]
+    )
+    radius = 0.3 * min(scatter["width"], scatter["height"])
+    angles = np.linspace(0, 2 * np.pi, 6)[:-1] + 0.3
+    polygon = centre + radius * np.c_[np.cos(angles), np.sin(angles)]
+    page.mouse.move(*polygon[0])
+    page.mouse.down()
+    for vertex in [*polygon[1:], polygon[0]]:
+        page.mouse.move(*vertex, steps=8)
+    page.mouse.up()
+    return polygon
+
+
+def listed_patches(page: Page) -> set[tuple[int, int]]:
+    """The selected patches as the status line lists them (at most STATUS_PATCHES)."""
+    # The status line's text is in the Markdown pane's shadow root, which locators enter.
+    text = status(page).locator("p").inner_text().split("Selection")[1]
+    return {(int(r), int(c)) for r, c in re.findall(r"\((\d+), (\d+)\)", text)}
+
+
+def red_patches(grid: dict) -> set[tuple[int, int]]:
+    """The patches (row, col) a square patch grid in selection display shows red."""
+    side = round(len(grid["image"]) ** 0.5)
+    shown = np.array(grid["image"]).reshape(side, side)
+    return {(int(row), int(col)) for row, col in np.argwhere(shown == 1)}
+
+
 def distance_to_polygon(point: np.ndarray, polygon: np.ndarray) -> float:
     """Pixels from ``point`` to the nearest edge of ``polygon``."""
     starts, ends = polygon, np.roll(polygon, -1, axis=0)
@@ -116,19 +154,7 @@ def test_lasso_drawn_with_the_mouse_highlights_the_right_patches(
 ) -> None:
     open_explorer(page, explorer_server, "stage=1&block=0&method=pca")
     scatter = figure(page, "scatterplot")
-    page.locator(".bk-tool-icon-lasso-select").click()
-    # A pentagon over the middle of the frame, in page pixels.
-    centre = np.array(
-        [scatter["left"] + scatter["width"] / 2, scatter["top"] + scatter["height"] / 2]
-    )
-    radius = 0.3 * min(scatter["width"], scatter["height"])
-    angles = np.linspace(0, 2 * np.pi, 6)[:-1] + 0.3
-    polygon = centre + radius * np.c_[np.cos(angles), np.sin(angles)]
-    page.mouse.move(*polygon[0])
-    page.mouse.down()
-    for vertex in [*polygon[1:], polygon[0]]:
-        page.mouse.move(*vertex, steps=8)
-    page.mouse.up()
+    polygon = draw_lasso(page, scatter)
 
     embedding = RunData(small_run).intra_embedding(1, 0, "pca")
     width = 8
@@ -141,21 +167,16 @@ def test_lasso_drawn_with_the_mouse_highlights_the_right_patches(
             surely.add(divmod(index, width))
     assert surely, "the lasso should enclose some points"
 
-    expect(status(page)).to_contain_text(
-        re.compile(r"[1-9]\d* patches selected"), timeout=TIMEOUT_MS
-    )
-    # The status line's text is in the Markdown pane's shadow root, which locators enter.
-    text = status(page).locator("p").inner_text().split("Selection")[1]
-    listed = {(int(r), int(c)) for r, c in re.findall(r"\((\d+), (\d+)\)", text)}
-    assert surely <= listed <= surely | maybe
-
     patches = wait_for_figure(
-        page, "patch-view", lambda shown: shown["title"].endswith("selected patches"),
+        page, "patch-view", lambda shown: SELECTION_TITLE.search(shown["title"]),
         "the patch view should show the selection",
     )  # fmt: skip
-    shown = np.array(patches["image"]).reshape(8, 8)
-    assert {tuple(map(int, rc)) for rc in np.argwhere(shown == 1)} == listed
+    selected = red_patches(patches)
+    assert surely <= selected <= surely | maybe
     assert patches["palette"] == ["#d9d9d9", "#d62728"]  # grey, red
+    # The status line counts them and lists the first STATUS_PATCHES, in row-major order.
+    expect(status(page)).to_contain_text(f"{len(selected)} patches selected", timeout=TIMEOUT_MS)
+    assert listed_patches(page) == set(sorted(selected)[:STATUS_PATCHES])
 
 
 def test_click_on_a_patch_colours_the_grid_by_its_stored_attention_row(
@@ -219,6 +240,56 @@ def test_switching_stage_block_and_method_updates_both_views(
     )  # fmt: skip
     np.testing.assert_allclose(scatter["points_x"], run.intra_embedding(2, 1, "tsne").x)
     assert "from (3, 1)" in figure(page, "patch-view")["title"]  # the clicked patch stays
+
+
+def test_export_buttons_download_the_figures_and_the_selection(
+    page: Page, explorer_server: Server, small_run: Path, artifacts: Path
+) -> None:
+    open_explorer(page, explorer_server, "stage=1&block=1&method=pca")
+    draw_lasso(page, figure(page, "scatterplot"))
+    grid = wait_for_figure(
+        page, "patch-view", lambda shown: SELECTION_TITLE.search(shown["title"]),
+        "the patch view should show the selection",
+    )  # fmt: skip
+    selected = red_patches(grid)
+    assert selected
+    page.mouse.click(*to_page(grid, 5, 2))  # col 5, row 2; the selection stays
+    wait_for_figure(
+        page, "patch-view", lambda shown: "attention from (2, 5)" in shown["title"],
+        "the patch view should show the attention from (2, 5)",
+    )  # fmt: skip
+
+    with page.expect_download(timeout=TIMEOUT_MS) as csv_download:
+        page.get_by_text("Selection (CSV)").click()
+    assert csv_download.value.suggested_filename == "selection-small-run-stage1-block1.csv"
+    rows = list(csv.reader(io.StringIO(csv_download.value.path().read_text())))
+    assert rows[0] == [
+        "run", "stage", "block", "query_row", "query_col", "key_row", "key_col", "attention",
+    ]  # fmt: skip
+    stored = RunData(small_run).attention_row(1, 1, (2, 5))
+    assert {(int(row[5]), int(row[6])) for row in rows[1:]} == selected
+    for row in rows[1:]:
+        assert row[:5] == ["small-run", "1", "1", "2", "5"]
+        assert float(row[7]) == float(stored[int(row[5]), int(row[6])])
+
+    with page.expect_download(timeout=TIMEOUT_MS) as png_download:
+        page.get_by_text("Figures (PNG)").click()
+    assert png_download.value.suggested_filename == "mambapanel-small-run-stage1-block1.png"
+    png_download.value.save_as(artifacts / "export.png")
+    picture = Image.open(io.BytesIO(png_download.value.path().read_bytes()))
+    assert picture.format == "PNG"
+    # One row of three figures (scatterplot, patch grid, image), each under its caption.
+    assert picture.size == (
+        3 * (export.PANEL + export.MARGIN) + export.MARGIN,
+        export.PANEL + export.CAPTION + 2 * export.MARGIN,
+    )
+    # The patch grid shows the attention: its strongest patch in the darkest red.
+    colours = {tuple(c) for c in np.asarray(picture.convert("RGB")).reshape(-1, 3)}
+    assert _rgb(hex_colours(ATTENTION_CMAP)[-1]) in colours
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def test_a_bad_run_path_shows_the_message(page: Page, tmp_path: Path) -> None:
