@@ -20,7 +20,8 @@ def demo(args: argparse.Namespace) -> int:
     if args.no_serve:
         print(f"runs ready: {' '.join(map(str, runs))}")
         return 0
-    return demo_runs.serve(runs, port=args.port, address=args.address)
+    demo_runs.serve(runs, port=args.port, address=args.address)  # does not return
+    return 0
 
 
 def extract(args: argparse.Namespace) -> int:

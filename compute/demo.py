@@ -10,7 +10,7 @@ complete are reused; a run that was interrupted is resumed.
 from __future__ import annotations
 
 import multiprocessing
-import subprocess
+import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -147,17 +147,16 @@ def serve_command(runs: Sequence[Path], *, port: int, address: str) -> list[str]
     ]  # fmt: skip
 
 
-def serve(runs: Sequence[Path], *, port: int = 5006, address: str = "127.0.0.1") -> int:
-    """Serve the dashboard until interrupted (Ctrl-C); returns panel's exit status."""
+def serve(runs: Sequence[Path], *, port: int = 5006, address: str = "127.0.0.1") -> None:
+    """Serve the dashboard until stopped (Ctrl-C): this process becomes ``panel serve``, so
+    a signal that stops it stops the server (no orphaned server)."""
     print(
         f"serving {len(runs)} runs: http://{address}:{port}/explorer and "
         f"http://{address}:{port}/compare (Ctrl-C stops)",
         flush=True,
     )
-    process = subprocess.Popen(serve_command(runs, port=port, address=address), cwd=ROOT)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=10)
-        return 0
+    command = serve_command(runs, port=port, address=address)
+    os.chdir(ROOT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)

@@ -51,6 +51,9 @@ def demo_server(demo_runs: Path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+    # Stopping the demo stops its server: nothing is left listening.
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{base}/explorer", timeout=5)
     text = log.read_text()
     for order in ORDERS:
         assert f"{demo_runs / order}: complete, reused" in text
