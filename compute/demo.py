@@ -43,11 +43,23 @@ def checkpoint(order: str) -> Path:
     return path
 
 
-def _complete(run: Path) -> bool:
+def _complete(run: Path, checkpoint: Path, n: int) -> bool:
+    """``run`` is finished and made from ``checkpoint`` with ``n`` images; a finished run of
+    another checkpoint or size is an error (it is not silently reused)."""
     try:
-        return bool(store.read_run(run).attrs.get("complete"))
+        attrs = store.read_run(run).attrs
     except store.RunError:
         return False
+    if not attrs.get("complete"):
+        return False
+    sha256 = models.read_state_dict(checkpoint)[1]["sha256"]
+    if attrs["checkpoint_sha256"] != sha256 or attrs["n_images"] != n:
+        raise DemoError(
+            f"{run}: a demo run of {attrs['n_images']} images made from checkpoint "
+            f"{attrs['checkpoint_sha256'][:12]}, not of {n} images from {checkpoint.name} "
+            f"({sha256[:12]}): delete it, or give another --runs directory"
+        )
+    return True
 
 
 def build(
@@ -69,7 +81,7 @@ def build(
     runs_dir = Path(runs_dir).resolve()
     checkpoints = {order: checkpoint(order) for order in orders}  # all missing ones fail first
     runs = {order: runs_dir / order for order in orders}
-    to_extract = [order for order in orders if not _complete(runs[order])]
+    to_extract = [o for o in orders if not _complete(runs[o], checkpoints[o], n)]
     for order in orders:
         if order not in to_extract:
             print(f"{runs[order]}: complete, reused", flush=True)

@@ -58,3 +58,14 @@ def test_demo_with_a_missing_checkpoint_names_it_and_the_script(tmp_path):
     assert result.returncode == 2
     assert "vmamba-micro-snake.pth: no demo checkpoint for order 'snake'" in result.stderr
     assert "tools/train_demo.sh" in result.stderr
+
+
+def test_demo_refuses_to_reuse_runs_of_another_size(demo_runs):
+    result = subprocess.run(
+        [sys.executable, "-m", "compute", "demo", "--runs", str(demo_runs), "--orders", "cross",
+         "--n", "5", "--methods", "pca", "--no-serve"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{demo_runs / 'cross'}: a demo run of 4 images" in result.stderr
+    assert "not of 5 images from vmamba-micro-cross.pth" in result.stderr
