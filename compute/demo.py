@@ -43,16 +43,16 @@ def checkpoint(order: str) -> Path:
     return path
 
 
-def _complete(run: Path, checkpoint: Path, n: int) -> bool:
-    """``run`` is finished and made from ``checkpoint`` with ``n`` images; a finished run of
-    another checkpoint or size is an error (it is not silently reused)."""
+def _complete(run: Path, checkpoint: Path, sha256: str, n: int) -> bool:
+    """``run`` is finished and made from ``checkpoint`` (whose file hash is ``sha256``) with
+    ``n`` images; a finished run of another checkpoint or size is an error (it is not
+    silently reused)."""
     try:
         attrs = store.read_run(run).attrs
     except store.RunError:
         return False
     if not attrs.get("complete"):
         return False
-    sha256 = models.read_state_dict(checkpoint)[1]["sha256"]
     if attrs["checkpoint_sha256"] != sha256 or attrs["n_images"] != n:
         raise DemoError(
             f"{run}: a demo run of {attrs['n_images']} images made from checkpoint "
@@ -81,7 +81,11 @@ def build(
     runs_dir = Path(runs_dir).resolve()
     checkpoints = {order: checkpoint(order) for order in orders}  # all missing ones fail first
     runs = {order: runs_dir / order for order in orders}
-    to_extract = [o for o in orders if not _complete(runs[o], checkpoints[o], n)]
+    # Each checkpoint's metadata (file hash, training size), read once.
+    metas = {order: models.read_state_dict(path)[1] for order, path in checkpoints.items()}
+    to_extract = [
+        o for o in orders if not _complete(runs[o], checkpoints[o], metas[o]["sha256"], n)
+    ]
     for order in orders:
         if order not in to_extract:
             print(f"{runs[order]}: complete, reused", flush=True)
@@ -89,7 +93,6 @@ def build(
         # One LocalCluster for every run: its start-up is paid once.
         with connect(None, workers) as client:
             for order in to_extract:
-                size = models.read_state_dict(checkpoints[order])[1]["config"]["image_size"]
                 try:
                     extract(
                         runs[order],
@@ -100,7 +103,7 @@ def build(
                         checkpoint=str(checkpoints[order]),
                         order=order,
                         image_source="demo",
-                        image_size=size,
+                        image_size=metas[order]["config"]["image_size"],
                     )
                 except store.RunError as err:
                     raise DemoError(

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -203,7 +202,9 @@ def with_order(model: VSSM, order: str) -> VSSM:
     return other
 
 
-def accuracy_without_scan(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor):
+def accuracy_without_scan(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> float:
     """:func:`accuracy` with every scan's attention term removed (α = 0): each block's
     scan output is its skip term (Σ_k D_k) u alone."""
     layers = ssm_layers(model)
@@ -214,8 +215,3 @@ def accuracy_without_scan(model: torch.nn.Module, images: torch.Tensor, labels: 
     finally:
         for layer in layers:
             del layer.scan  # the class's scan again
-
-
-def chance_level(labels: np.ndarray) -> float:
-    """Accuracy of always answering the most frequent class."""
-    return float(np.bincount(labels).max() / len(labels))
