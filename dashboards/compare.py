@@ -8,8 +8,8 @@ pick any two. Everything else is the Explorer of ``dashboards/explorer.py``.
 
 import sys
 
-from mambapanel.views import dashboard
+from mambapanel.views.serve import served
 
 runs = sys.argv[1:]
 compare = "runs" if len(runs) > 1 else "blocks"
-dashboard(runs, compare=compare, block=0).servable(title="mambapanel compare")
+served(runs, compare=compare, block=0).servable(title="mambapanel compare")

@@ -7,6 +7,6 @@ told otherwise (see the README's Dashboard section before exposing it).
 
 import sys
 
-from mambapanel.views import dashboard
+from mambapanel.views.serve import served
 
-dashboard(sys.argv[1:]).servable(title="mambapanel explorer")
+served(sys.argv[1:]).servable(title="mambapanel explorer")

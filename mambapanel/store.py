@@ -58,14 +58,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 import zarr.errors
 
 from mambapanel import __version__
+
+if TYPE_CHECKING:  # xarray is imported where a run is opened: a dashboard reads zarr alone
+    import xarray as xr
 
 FORMAT = "mambapanel-run"
 FORMAT_VERSION = 1
@@ -355,6 +357,8 @@ def open_run(path: str | Path, *, allow_incomplete: bool = False) -> xr.DataTree
             f"{path}: incomplete run ({done} of {root.attrs['n_images']} images done); run the "
             "extraction command that made it again to finish it"
         )
+    import xarray as xr
+
     return xr.open_datatree(path, engine="zarr", consolidated=False)
 
 

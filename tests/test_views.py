@@ -247,10 +247,13 @@ def test_views_and_dashboards_never_import_torch():
 
 
 def test_a_rendered_page_imports_nothing_it_does_not_draw_with(small_run):
-    """A page of a few thousand points needs no Dask, SciPy, scikit-learn, UMAP, Numba or
-    Datashader (over 50,000 points only), no colorcet (over ten blocks only) and no Pillow
-    (export only): each of them is a fraction of a second of a served page's first render."""
-    unwanted = ["dask", "scipy", "sklearn", "umap", "numba", "datashader", "colorcet", "PIL"]
+    """A page of a few thousand points needs no xarray (it reads zarr), Dask, SciPy,
+    scikit-learn, UMAP, Numba or Datashader (over 50,000 points only), no colorcet (over ten
+    blocks only) and no Pillow (export only): each of them is a fraction of a second of a
+    served page's first render."""
+    unwanted = [
+        "xarray", "dask", "scipy", "sklearn", "umap", "numba", "datashader", "colorcet", "PIL"
+    ]  # fmt: skip
     code = (
         "import sys; import panel as pn; from bokeh.document import Document; "
         "from mambapanel.views import dashboard; "
@@ -351,7 +354,7 @@ def test_explorer_of_three_runs_opens_each_when_shown_and_switches(three_runs, s
         explorer.run = name
         explorer.patch = (3, 4)
         side = explorer.sides[0]
-        assert side.caption.object.startswith(f"**{name}** ({name})")
+        assert side.caption.object.startswith(f"<p><b>{name}</b> ({name})")
         np.testing.assert_allclose(side.scatter.points.x, points.x * scale, rtol=1e-6)
         np.testing.assert_allclose(
             side.patches.values(), reference.attention_row(1, 0, (3, 4)) * scale, rtol=1e-6

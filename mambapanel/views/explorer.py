@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from html import escape
 
 import numpy as np
 import panel as pn
@@ -40,7 +41,7 @@ class Side:
     scatter: ScatterView
     patches: PatchView
     image: ImageView
-    caption: pn.pane.Markdown
+    caption: pn.pane.HTML
     problem: pn.pane.Alert
 
     def views(self) -> tuple[ScatterView, PatchView, ImageView]:
@@ -94,9 +95,9 @@ class Explorer(pn.viewable.Viewer):
         self.address.param.watch(lambda _: self._update_status(), "problems")
         self._url_synced = False
         self._linking = False
-        self.status = pn.pane.Markdown(
-            css_classes=["mambapanel-status"], sizing_mode="stretch_width"
-        )
+        # HTML panes, not Markdown: a run's name is not formatting, and Markdown's parser
+        # costs a served page's first render a tenth of a second.
+        self.status = pn.pane.HTML(css_classes=["mambapanel-status"], sizing_mode="stretch_width")
         self._layout = pn.Row()
         # Runs are opened when first shown; one that cannot be opened then is named here.
         self.run_problem = pn.pane.Alert(
@@ -120,18 +121,18 @@ class Explorer(pn.viewable.Viewer):
             self.sync_url(pn.state.location)
         explore = pn.Column(self._widgets, self.run_problem, self._layout, self.status)
         # The findings of every run are read only when their tab is first opened.
-        findings = pn.Column(pn.pane.Markdown("Reading the stored findings ..."))
+        findings = pn.Column(pn.pane.HTML("<p>Reading the stored findings ...</p>"))
         tabs = pn.Tabs(("Explore", explore), ("Findings", findings))
 
         def open_findings(event: param.parameterized.Event) -> None:
-            if event.new == 1 and len(findings) == 1 and isinstance(findings[0], pn.pane.Markdown):
+            if event.new == 1 and len(findings) == 1 and isinstance(findings[0], pn.pane.HTML):
                 from mambapanel.views.findings import FindingsView
 
                 findings[:] = [FindingsView(self.runs)]
 
         tabs.param.watch(open_findings, "active")
         return pn.Column(
-            pn.pane.Markdown("### mambapanel: hidden attention of vision Mamba models"), tabs
+            pn.pane.HTML("<h3>mambapanel: hidden attention of vision Mamba models</h3>"), tabs
         )
 
     @property
@@ -193,7 +194,7 @@ class Explorer(pn.viewable.Viewer):
             ScatterView(**drawn, method=self.method),
             PatchView(**drawn),
             ImageView(**drawn),
-            pn.pane.Markdown(margin=(0, 10)),
+            pn.pane.HTML(margin=(0, 10)),
             pn.pane.Alert(alert_type="warning", visible=False),
         )
         self.sides.append(side)
@@ -259,7 +260,10 @@ class Explorer(pn.viewable.Viewer):
                 if self.selection != side.scatter.selected_patches():
                     side.scatter.select_patches(self.selection)
                 where = ALL_BLOCKS if block is None else f"block {block}"
-                side.caption.object = f"**{run.name}** ({run.order}) · stage {self.stage} · {where}"
+                side.caption.object = (
+                    f"<p><b>{escape(run.name)}</b> ({escape(run.order)}) · stage {self.stage}"
+                    f" · {where}</p>"
+                )
         finally:
             self._linking = False
         self._update_status()
@@ -366,7 +370,9 @@ class Explorer(pn.viewable.Viewer):
                 f"{len(self.selection)} patches selected{': ' if listed else ''}{listed}{more}"
             )
         problems = "".join(f" · URL: {problem}" for problem in self.address.problems)
-        self.status.object = f"Clicked patch: {patch} · Selection: {selection}{problems}"
+        self.status.object = (
+            f"<p>{escape(f'Clicked patch: {patch} · Selection: {selection}{problems}')}</p>"
+        )
         name = f"{self.run}-stage{self.stage}" + (
             "" if self.block is None else f"-block{self.block}"
         )

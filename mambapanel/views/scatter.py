@@ -28,6 +28,8 @@ MODE1_SIZE = 6.0
 # dynspread grows isolated pixels up to this many pixels, so that a few points are visible
 # among millions without blurring dense regions.
 SPREAD_PX = 3
+# More glyphs than this are drawn with WebGL, fewer on a canvas (see style.named).
+WEBGL_ABOVE = 10_000
 # Datashader is imported on first use, not with this module: Numba compiles its kernels at
 # import and on first call (about 10 s here), which a dashboard of a few thousand points
 # (1,000 images x 8 blocks, or 3,136 patches) should not wait for.
@@ -206,6 +208,7 @@ class ScatterView(pn.viewable.Viewer):
         return f"{self.run.name} · stage {self.stage} · {what} · {self.method}"
 
     def _opts(self) -> dict:
+        webgl = not self.shaded and len(self.points) > WEBGL_ABOVE
         return dict(
             frame_width=FRAME_WIDTH,
             frame_height=FRAME_HEIGHT,
@@ -215,7 +218,7 @@ class ScatterView(pn.viewable.Viewer):
             title=self._title(),
             tools=["lasso_select", "box_select", "tap"],
             active_tools=["wheel_zoom", "pan", "tap"],
-            hooks=[named("scatterplot")],
+            hooks=[named("scatterplot", webgl=webgl)],
             xlabel=f"{self.method} 1",
             ylabel=f"{self.method} 2",
         )

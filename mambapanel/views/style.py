@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# Registers HoloViews' Bokeh backend, which `.opts(...)` needs before anything is displayed
+# (what `hv.extension("bokeh")` does, minus the notebook output). Every module that draws
+# imports this one.
+import holoviews.plotting.bokeh  # noqa: F401
 import numpy as np
 from bokeh.palettes import Category10_10
 from holoviews.plotting.util import bokeh_palette_to_palette
@@ -65,18 +69,21 @@ def colour_limits(values: np.ndarray) -> tuple[float, float]:
     return low, high
 
 
-def named(name: str) -> Callable[[object, object], None]:
+def named(name: str, webgl: bool = False) -> Callable[[object, object], None]:
     """A HoloViews hook for a figure sized by its frame (``frame_width``, ``frame_height``).
 
     It names the Bokeh figure, so that a browser (and a browser test) can find each view's
-    figure in the document: ``scatterplot``, ``patch-view``, ``image-view``. And it leaves
-    the figure's sizing mode unset: HoloViews marks a frame-sized figure "fixed", which
-    Bokeh's validation reports as a W-1005 warning since its width and height are computed
-    from the frame, not given.
+    figure in the document: ``scatterplot``, ``patch-view``, ``image-view``. It leaves the
+    figure's sizing mode unset: HoloViews marks a frame-sized figure "fixed", which Bokeh's
+    validation reports as a W-1005 warning since its width and height are computed from the
+    frame, not given. And it draws on a canvas unless ``webgl``: HoloViews asks for WebGL
+    everywhere, which pays only for many glyphs; a browser without a GPU emulates it, and a
+    served page's three figures then took 0.2 s longer to appear (benchmarks/RESULTS.md).
     """
 
     def hook(plot: object, _: object) -> None:
         plot.state.name = name
         plot.state.sizing_mode = None
+        plot.state.output_backend = "webgl" if webgl else "canvas"
 
     return hook

@@ -119,7 +119,7 @@ def draw_lasso(page: Page, scatter: dict) -> np.ndarray:
 
 def listed_patches(page: Page) -> set[tuple[int, int]]:
     """The selected patches as the status line lists them (at most STATUS_PATCHES)."""
-    # The status line's text is in the Markdown pane's shadow root, which locators enter.
+    # The status line's text is in the HTML pane's shadow root, which locators enter.
     text = status(page).locator("p").inner_text().split("Selection")[1]
     return {(int(r), int(c)) for r, c in re.findall(r"\((\d+), (\d+)\)", text)}
 
