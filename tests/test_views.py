@@ -21,6 +21,7 @@ from PIL import Image
 
 from mambapanel.store import RunError, open_run
 from mambapanel.views import Explorer, RunData, dashboard
+from mambapanel.views import scatter as scatter_module
 from mambapanel.views.geometry import PointIndex
 from mambapanel.views.style import hex_colours
 
@@ -270,6 +271,20 @@ def _rendered(explorer: Explorer) -> Document:
     document = Document()
     document.add_root(pn.panel(explorer).get_root(document))
     return document
+
+
+def test_figures_are_canvases_unless_glyphs_are_many(small_run, monkeypatch):
+    """WebGL, which HoloViews asks for everywhere, is emulated by a browser without a GPU:
+    the figures are canvases, the scatterplot WebGL above scatter.WEBGL_ABOVE glyphs."""
+    names = ["scatterplot", "patch-view", "image-view"]
+
+    def backends() -> list[str]:
+        document = _rendered(Explorer(small_run, stage=1, block=0, method="pca"))
+        return [document.select_one({"name": name}).output_backend for name in names]
+
+    assert backends() == ["canvas", "canvas", "canvas"]
+    monkeypatch.setattr(scatter_module, "WEBGL_ABOVE", 15)  # the block has 16 patches
+    assert backends() == ["webgl", "canvas", "canvas"]
 
 
 def _figure(document: Document, name: str) -> dict:
