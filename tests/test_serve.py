@@ -45,14 +45,19 @@ asyncio.run(main())
 
 
 def test_outside_a_session_the_dashboard_is_built_at_once(small_run):
+    """A notebook runs an event loop too: without a served session nothing is deferred and
+    no import task starts."""
     code = f"""
-from mambapanel.views.serve import served, start_imports
+import asyncio
+from mambapanel.views import serve
 
-assert start_imports() is None
-page = served([{str(small_run)!r}], stage=1, block=0)
-print(type(page).__name__, page.stage, page.block)
+async def main():
+    page = serve.served([{str(small_run)!r}], stage=1, block=0)
+    print(type(page).__name__, page.stage, page.block, serve._imports)
+
+asyncio.run(main())
 """
-    assert run(code) == "Explorer 1 0"
+    assert run(code) == "Explorer 1 0 None"
 
 
 def test_a_bad_run_is_named(tmp_path):

@@ -78,8 +78,9 @@ def served(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
     elsewhere (a test, a notebook) the dashboard itself."""
     paths = list(paths)  # `sys.argv` is the script's only while it runs
     doc = pn.state.curdoc
-    imports = start_imports()
-    if imports is None or doc is None or doc.session_context is None:
+    in_session = doc is not None and doc.session_context is not None  # not a notebook
+    imports = start_imports() if in_session else None
+    if imports is None:
         from mambapanel.views.app import dashboard
 
         return dashboard(paths, **params)
