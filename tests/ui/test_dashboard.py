@@ -85,6 +85,17 @@ def status(page: Page):
     return page.locator(".mambapanel-status")
 
 
+def click_patch(page: Page, grid: dict, row: int, col: int) -> dict:
+    """Click patch (row, col) of the patch view ``grid`` as drawn; the patch view once it
+    shows the attention from that patch (the status line names the patch first)."""
+    page.mouse.click(*to_page(grid, col, row))
+    expect(status(page)).to_contain_text(f"Clicked patch: ({row}, {col})", timeout=TIMEOUT_MS)
+    return wait_for_figure(
+        page, "patch-view", lambda shown: f"attention from ({row}, {col})" in shown["title"],
+        f"the patch view should show the attention from ({row}, {col})",
+    )  # fmt: skip
+
+
 def open_explorer(page: Page, server: Server, query: str) -> None:
     page.set_viewport_size({"width": 1400, "height": 1100})
     page.goto(f"{server.url}?{query}")
@@ -183,13 +194,7 @@ def test_click_on_a_patch_colours_the_grid_by_its_stored_attention_row(
     page: Page, explorer_server: Server, small_run: Path, artifacts: Path
 ) -> None:
     open_explorer(page, explorer_server, "stage=1&block=1&method=tsne")
-    grid = figure(page, "patch-view")
-    page.mouse.click(*to_page(grid, 5, 2))  # col 5, row 2
-    expect(status(page)).to_contain_text("Clicked patch: (2, 5)", timeout=TIMEOUT_MS)
-    shown = wait_for_figure(
-        page, "patch-view", lambda shown: "attention from (2, 5)" in shown["title"],
-        "the patch view should show the attention from (2, 5)",
-    )  # fmt: skip
+    shown = click_patch(page, figure(page, "patch-view"), row=2, col=5)
     stored = RunData(small_run).attention_row(1, 1, (2, 5))
     np.testing.assert_array_equal(np.array(shown["image"], dtype=np.float32), stored.ravel())
     assert shown["palette"] == hex_colours(ATTENTION_CMAP)  # light yellow to dark red
@@ -253,11 +258,7 @@ def test_export_buttons_download_the_figures_and_the_selection(
     )  # fmt: skip
     selected = red_patches(grid)
     assert selected
-    page.mouse.click(*to_page(grid, 5, 2))  # col 5, row 2; the selection stays
-    wait_for_figure(
-        page, "patch-view", lambda shown: "attention from (2, 5)" in shown["title"],
-        "the patch view should show the attention from (2, 5)",
-    )  # fmt: skip
+    click_patch(page, grid, row=2, col=5)  # the selection stays
 
     with page.expect_download(timeout=TIMEOUT_MS) as csv_download:
         page.get_by_text("Selection (CSV)").click()

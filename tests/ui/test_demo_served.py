@@ -16,7 +16,7 @@ import pytest
 from demo_runs import ORDERS, ROOT, demo_command
 from playwright.sync_api import Page, expect
 from served import ARTIFACTS, SERVER_START_TIMEOUT, free_port
-from test_dashboard import TIMEOUT_MS, figure, status, to_page, wait_for_figure
+from test_dashboard import TIMEOUT_MS, click_patch, figure, wait_for_figure
 
 from mambapanel.views.data import RunData
 
@@ -72,12 +72,7 @@ def test_demo_serves_the_explorer_with_every_demo_run(
         page, "patch-view", lambda shown: shown["image"] is not None and len(shown["image"]) == 256,
         "the patch view should show stage 0's 16x16 grid",
     )  # fmt: skip
-    page.mouse.click(*to_page(grid, 9, 6))  # col 9, row 6
-    expect(status(page)).to_contain_text("Clicked patch: (6, 9)", timeout=TIMEOUT_MS)
-    shown = wait_for_figure(
-        page, "patch-view", lambda shown: "attention from (6, 9)" in shown["title"],
-        "the patch view should show the attention from (6, 9)",
-    )  # fmt: skip
+    shown = click_patch(page, grid, row=6, col=9)
     stored = RunData(demo_runs / "morton").attention_row(0, 0, (6, 9))
     np.testing.assert_array_equal(np.array(shown["image"], dtype=np.float32), stored.ravel())
     page.screenshot(path=ARTIFACTS / "demo-dashboard.png", full_page=True)
