@@ -27,7 +27,7 @@ import psutil
 from distributed import Client, LocalCluster
 from PIL import Image
 
-from compute.extract import extract
+from compute.extract import LOCAL_HTTP, extract
 from mambapanel import data, store
 from mambapanel.extract import BATCH_SIZE, SHARD_SIZE
 
@@ -85,7 +85,7 @@ def run_once(args, folder: Path, out: Path, n: int, workers: int) -> dict:
     """One extraction on a fresh LocalCluster; the clock starts once the workers are up."""
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=LOCAL_HTTP
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -219,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         help="demo: scikit-learn's digits, 20%% held out (default demo)",
     )
     p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--out", required=True, help="checkpoint file to write (.pth)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="checkpoint file to write: .pth (torch) or .safetensors (tensors and JSON "
+        "metadata only, which no reader can be made to run code from)",
+    )
     p.add_argument("--size", type=int, default=defaults.image_size, help="input side in pixels")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")

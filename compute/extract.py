@@ -34,6 +34,11 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
+# The scheduler's HTTP server (dashboard_address=None does not turn it off): on loopback and
+# a free port, so that two local clusters never collide and none listens beyond this machine.
+LOCAL_HTTP = "127.0.0.1:0"
+
+
 @contextmanager
 def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
     """A client of ``scheduler``, or of a LocalCluster of ``workers`` single-thread processes."""
@@ -44,7 +49,7 @@ def connect(scheduler: str | None, workers: int) -> Iterator[Client]:
         return
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=LOCAL_HTTP
         ) as cluster,
         Client(cluster) as client,
     ):

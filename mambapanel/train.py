@@ -5,7 +5,9 @@ dataset (:mod:`mambapanel.datasets`), each with a fixed seed, so that the commit
 checkpoints can be reproduced by the commands in ``tools/train_demo.sh``.
 
 A checkpoint has the layout of the official VMamba ones, ``{"model": state_dict}``, plus a
-``mambapanel`` entry of metadata (model, order, dataset, image size, accuracies, command).
+``mambapanel`` entry of metadata (model, order, dataset, image size, accuracies, command);
+or, when the output's name ends in ``.safetensors``, the same tensors and metadata (JSON) in
+that format.
 
 Initialisation. With Mamba's own (skip D = 1, x_proj in ±1/sqrt(d_inner)) the scan's output
 is below 0.1 % of the skip's in every block of a fresh ``vmamba-micro``, and after 15 epochs
@@ -35,6 +37,10 @@ from mambapanel.models.vmamba import SS2D, VSSM
 STORAGE_DTYPES = ("float32", "float16")
 
 
+class TrainError(ValueError):
+    """A training run that cannot start: a bad setting or an output that cannot be written."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides the trained weights (recorded in the checkpoint)."""
@@ -53,6 +59,45 @@ class TrainConfig:
     # see the module docstring.
     skip_init: float = 0.0
     x_proj_init: float = 1.0
+
+    def check(self) -> None:
+        """Refuse values that would fail later or train nothing, naming the setting."""
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "image_size": self.image_size,
+            "lr": self.lr,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise TrainError(f"train: {name} must be positive, got {value}")
+        if self.shift < 0:
+            raise TrainError(f"train: shift must be 0 or more, got {self.shift}")
+
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output that could not be written once the training is done."""
+    if out.suffix not in CHECKPOINT_SUFFIXES:
+        raise TrainError(
+            f"{out}: a checkpoint's name ends in one of {', '.join(CHECKPOINT_SUFFIXES)} "
+            f"(.safetensors holds tensors only), found {out.suffix or 'no suffix'!r}"
+        )
+    if out.is_dir():
+        raise TrainError(f"{out}: is a directory; give the checkpoint file to write")
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrainError(f"{out}: cannot create its folder {folder} ({err.strerror})") from err
+    probe = folder / f".{out.name}.write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise TrainError(f"{out}: cannot write in {folder} ({err.strerror})") from err
 
 
 def _tensors(split: datasets.Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +149,9 @@ def train(
     """
     if storage not in STORAGE_DTYPES:
         raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage!r}")
+    config.check()
     out = Path(out)
+    check_output(out)  # before the training, not after it
     dataset = datasets.load(config.dataset)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -178,10 +225,7 @@ def train(
         "torch": str(torch.__version__),
         "command": " ".join(command),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    torch.save({"model": state_dict, "mambapanel": meta}, partial)
-    partial.replace(out)  # never a half-written checkpoint under the final name
+    models.write_checkpoint(out, state_dict, meta)
     return meta
 
 

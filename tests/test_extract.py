@@ -15,7 +15,7 @@ from distributed import LocalCluster
 from test_data import write_image
 
 from compute.__main__ import main
-from compute.extract import report_disk
+from compute.extract import LOCAL_HTTP, report_disk
 from mambapanel import attention, data, extract, store
 
 SIZE = 64  # vmamba-micro grids: 16x16, 8x8, 4x4, 2x2
@@ -25,7 +25,7 @@ IMAGES = ["cat/1.png", "cat/2.png", "cat/3.png", "dog/1.png", "dog/2.png", "dog/
 @pytest.fixture(scope="module")
 def scheduler():
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=LOCAL_HTTP
     ) as cluster:
         yield cluster.scheduler_address
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +89,73 @@ def test_train_command_line(tiny, tmp_path, capsys):
     assert meta["command"].startswith("python -m compute")
     with pytest.raises(SystemExit):
         main(["train", "--data", "nope", "--out", str(out)])
+
+
+def test_train_command_line_writes_safetensors(tiny, tmp_path):
+    out = tmp_path / "cli.safetensors"
+    assert main(["train", "--data", tiny, "--epochs", "1", "--size", "32", "--batch-size",
+                 "12", "--out", str(out)]) == 0  # fmt: skip
+    assert out.read_bytes()[8:9] == b"{"  # the safetensors header, no pickle
+    tensors, meta = models.read_state_dict(out)
+    assert meta["config"]["image_size"] == 32 and meta["storage_dtype"] == "float16"
+    model = models.build("vmamba-micro", checkpoint=out)
+    assert model.classifier.head.out_features == 2
+    assert torch.equal(model.state_dict()["classifier.head.weight"],
+                       tensors["classifier.head.weight"].float())  # fmt: skip
+
+
+def read_only_folder(tmp_path):
+    """A folder this process cannot write in: root writes through permission bits, and
+    sysfs refuses everyone."""
+    if os.geteuid() == 0:
+        return Path("/sys/kernel")
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o555)
+    return folder
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training that fails loudly if it starts: each refusal below must come first."""
+
+    def started(name):
+        raise AssertionError("the training started before its settings were checked")
+
+    monkeypatch.setattr(datasets, "load", started)
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("read-only", "cannot write in"),
+        ("under-a-file", "cannot create its folder"),
+        ("a-folder", "is a directory"),
+        ("no-suffix", "a checkpoint's name ends in one of .pth, .pt, .safetensors"),
+    ],
+)
+def test_train_checks_its_output_before_training(where, message, no_training, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder.pth").mkdir()
+    out = {
+        "read-only": read_only_folder(tmp_path) / "m.pth",
+        "under-a-file": tmp_path / "file" / "m.pth",
+        "a-folder": tmp_path / "folder.pth",
+        "no-suffix": tmp_path / "model",
+    }[where]
+    assert main(["train", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {out}: ") and message in error
+
+
+@pytest.mark.parametrize(
+    "option, setting",
+    [("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--size", "image_size"),
+     ("--lr", "lr")],
+)  # fmt: skip
+def test_train_refuses_settings_that_train_nothing(option, setting, no_training, tmp_path, capsys):
+    assert main(["train", option, "0", "--out", str(tmp_path / "m.pth")]) == 2
+    assert f"error: train: {setting} must be positive, got 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("order", demo.DEMO_ORDERS)

@@ -6,15 +6,19 @@
 from __future__ import annotations
 
 import hashlib
-import pickle
 import re
-import types
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from mambapanel.models.checkpoint_file import (
+    META_KEY,
+    CheckpointError,
+    read_checkpoint,
+    write_checkpoint,
+)
 from mambapanel.models.vmamba import SS2D, VSSM, ScanInputs
 
 __all__ = [
@@ -27,27 +31,22 @@ __all__ = [
     "build",
     "load_checkpoint",
     "read_state_dict",
+    "write_checkpoint",
 ]
 
-# Name -> constructor arguments. The official names are the upstream classification configs.
+# Name -> constructor arguments; the comment names the upstream classification config.
 CONFIGS: dict[str, dict[str, Any]] = {
+    # vssm1_tiny_0230s
     "vmamba-tiny-s1l8": dict(dims=(96, 192, 384, 768), depths=(2, 2, 8, 2), ssm_ratio=1.0),
+    # vssm1_tiny_0230
     "vmamba-tiny-s2l5": dict(dims=(96, 192, 384, 768), depths=(2, 2, 5, 2), ssm_ratio=2.0),
+    # vssm1_small_0229s
     "vmamba-small-s1l20": dict(dims=(96, 192, 384, 768), depths=(2, 2, 20, 2), ssm_ratio=1.0),
+    # vssm1_base_0229s
     "vmamba-base-s1l20": dict(dims=(128, 256, 512, 1024), depths=(2, 2, 20, 2), ssm_ratio=1.0),
     # Ours: small enough to train on two CPU cores in minutes (the demo models).
     "vmamba-micro": dict(dims=(16, 32, 64, 128), depths=(2, 2, 2, 2), ssm_ratio=1.0),
 }
-OFFICIAL_NAMES = {
-    "vmamba-tiny-s1l8": "vssm1_tiny_0230s",
-    "vmamba-tiny-s2l5": "vssm1_tiny_0230",
-    "vmamba-small-s1l20": "vssm1_small_0229s",
-    "vmamba-base-s1l20": "vssm1_base_0229s",
-}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be loaded into the model asked for."""
 
 
 def available() -> list[str]:
@@ -98,26 +97,15 @@ def build(
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint file into (state_dict with official renames applied, metadata).
 
-    Accepts ``{"model": sd}``, ``{"model_ema": sd}`` or a bare state_dict, loaded with
-    ``weights_only=True``. Metadata holds ``sha256`` of the file and, for checkpoints written
-    by ``compute train``, their ``mambapanel`` entry (model, order, accuracy ...).
+    Accepts ``.safetensors``, or a torch file holding ``{"model": sd}``, ``{"model_ema": sd}``
+    or a bare state_dict, read without running anything it holds
+    (:func:`mambapanel.models.checkpoint_file.read_checkpoint`). Metadata holds ``sha256`` of
+    the file, the pickled objects that were skipped (``skipped``, names) and, for checkpoints
+    written by ``compute train``, their ``mambapanel`` entry (model, order, accuracy ...).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # Training checkpoints also pickle objects such as the training config (a yacs
-        # CfgNode upstream), which weights_only refuses; read those as inert stand-ins.
-        try:
-            obj = torch.load(
-                path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle
-            )
-        except Exception:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({err})") from err
-    except Exception as err:  # torch raises several types for a file that is not a checkpoint
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({err})") from err
+    read = read_checkpoint(path)
+    obj = read.content
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     for key in ("model", "model_ema", "state_dict"):
@@ -132,35 +120,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             f"{path}: holds no tensors; expected a state_dict, or a dict with a 'model' or "
             f"'model_ema' state_dict (found keys: {', '.join(map(str, list(obj)[:10]))})"
         )
-    meta = dict(obj.get("mambapanel", {})) if isinstance(obj.get("mambapanel"), dict) else {}
+    meta = dict(obj.get(META_KEY, {})) if isinstance(obj.get(META_KEY), dict) else {}
     meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta["skipped"] = read.stand_ins
     return rename_official_keys(tensors), meta
-
-
-class _Inert(dict):
-    """Stands in for a pickled non-tensor object; never runs any of the original's code."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-
-class _InertUnpickler(pickle.Unpickler):
-    """Resolves only the globals torch's weights_only loader allows; any other class
-    becomes an empty :class:`_Inert`, so unpickling cannot execute foreign code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        allowed = _get_allowed_globals().get(f"{module}.{name}")
-        return allowed if allowed is not None else type(name, (_Inert,), {})
-
-
-_inert_pickle = types.SimpleNamespace(
-    Unpickler=_InertUnpickler, load=pickle.load, __name__="mambapanel_inert_pickle"
-)
 
 
 # The upstream loader's renames of older key names (its VSSM._load_from_state_dict).
