@@ -76,7 +76,7 @@ def build(
     Returns the runs' paths, in ``orders``' order.
     """
     from compute.extract import connect, extract
-    from compute.findings import report
+    from mambapanel.findings.report import report
 
     runs_dir = Path(runs_dir).resolve()
     checkpoints = {order: checkpoint(order) for order in orders}  # all missing ones fail first

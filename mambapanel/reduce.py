@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +29,18 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from mambapanel.randomized_pca import (
+    OVERSAMPLES,
+    POWER_ITERATIONS,
+    Features,
+    feature_shape,
+    pca,
+)
 from mambapanel.store import open_run
 
 METHODS = ("pca", "tsne", "umap")
 XY = ("x", "y")
 PARAMS_ATTR = "reduce_params"
-
-# Randomized PCA (Halko, Martinsson & Tropp 2011, subspace iteration): a sketch of
-# n_components + 10 columns and four power iterations with QR, as sklearn's randomized PCA.
-_PCA_POWER_ITERATIONS = 4
-_PCA_OVERSAMPLES = 10
-# Dask features are read a block of rows at a time: about 256 MiB of float32, and at least
-# 128 rows, since each block adds a product the size of (n_features, sketch width) to the
-# running sum of features.T @ basis (memory-bound: tall blocks make it rare).
-_BLOCK_ELEMENTS = 2**26
-_MIN_BLOCK_ROWS = 128
-# Dask features up to this size (as float32) are loaded once for the PCA's 11 passes, since
-# re-reading and decompressing them at every pass costs more; larger ones are re-read.
-_IN_MEMORY_BYTES = 2**30
 
 # t-SNE of fewer points than this runs on one thread (see _embed_resolved).
 TSNE_SINGLE_THREAD_BELOW = 5000
@@ -68,8 +62,6 @@ _UMAP_DEFAULTS: dict[str, Any] = {
     "init": "spectral",
     "n_epochs": None,
 }
-
-Features = np.ndarray | da.Array
 
 
 def embedding_params(
@@ -112,8 +104,8 @@ def embedding_params(
         return {
             "seed": seed,
             "solver": "randomized",
-            "n_power_iter": _PCA_POWER_ITERATIONS,
-            "n_oversamples": _PCA_OVERSAMPLES,
+            "n_power_iter": POWER_ITERATIONS,
+            "n_oversamples": OVERSAMPLES,
         }
     defaults = _TSNE_DEFAULTS if method == "tsne" else _UMAP_DEFAULTS
     unknown = sorted(set(params) - set(defaults))
@@ -153,138 +145,9 @@ def embed(
     -------
     f32(n_points, 2)
     """
-    n_points, n_features = _feature_shape(features)
+    n_points, n_features = feature_shape(features)
     resolved = embedding_params(method, n_points, n_features, seed=seed, n_pca=n_pca, **params)
     return _embed_resolved(features, method, resolved, pca_cache={})
-
-
-def pca(features: Features, n_components: int, *, seed: int = 0) -> np.ndarray:
-    """Randomized PCA scores, out of core for dask input.
-
-    Every pass multiplies the features, centred one block of rows at a time, by a thin
-    matrix. Passes: one for the column means, one for the sketch, two per power iteration,
-    one for the final projection: 11 in all (3, and the result exact, when n_points or
-    n_features is at most n_components + 10). Dask features larger than 1 GiB as float32
-    are re-read at every pass, so memory holds one block of rows (at least 128) and two
-    (n_features, n_components + 10) matrices, whatever n_points; smaller ones are loaded
-    once. Each component's sign makes its largest score positive.
-
-    Parameters
-    ----------
-    features : r(n_points, n_features), numpy or dask
-    n_components : int
-        At most min(n_points, n_features).
-
-    Returns
-    -------
-    f32 or f64 (n_points, n_components)
-        float64 for float64 input, else float32 (the stored attention is float16 or float32).
-
-    Raises
-    ------
-    ValueError
-        ``n_components`` out of range, or features that hold NaN or infinite values.
-    """
-    n_points, n_features = _feature_shape(features)
-    if not 1 <= n_components <= min(n_points, n_features):
-        raise ValueError(
-            f"n_components must be in 1 .. {min(n_points, n_features)} for features of shape "
-            f"({n_points}, {n_features}), got {n_components}"
-        )
-    dtype = np.result_type(features.dtype, np.float32)
-    if isinstance(features, da.Array) and n_points * n_features * 4 <= _IN_MEMORY_BYTES:
-        features = features.compute()
-    if not isinstance(features, da.Array):
-        features = np.asarray(features, dtype=dtype)
-    rows = _RowBlocks(features, dtype)
-    total = np.zeros(n_features)
-    for _, block in rows:
-        total += block.sum(axis=0, dtype=np.float64)
-    # Any NaN or infinity reaches the mean, so this pass checks the features for free.
-    if not np.isfinite(total).all():
-        raise ValueError(
-            f"features of shape {features.shape} hold NaN or infinite values (a matrix that "
-            "was never written?)"
-        )
-    rows.mean = (total / n_points).astype(dtype)
-
-    width = min(n_components + _PCA_OVERSAMPLES, n_points, n_features)
-    omega = np.random.default_rng(seed).standard_normal((n_features, width), dtype=dtype)
-    sketch = rows.times(omega)
-    del omega
-    # A sketch as wide as the smaller side already spans the data: iterating changes nothing.
-    exact = width == min(n_points, n_features)
-    for _ in range(0 if exact else _PCA_POWER_ITERATIONS):
-        sketch = rows.times(rows.transpose_times(_orthonormal(sketch)))
-    basis = _orthonormal(sketch)
-    # Rayleigh-Ritz: centred ~ basis @ (basis.T @ centred), whose left singular vectors and
-    # values follow from the small Gram matrix of basis.T @ centred.
-    eigenvalues, eigenvectors = np.linalg.eigh(_gram(rows.transpose_times(basis)))
-    top = np.argsort(eigenvalues)[::-1][:n_components]
-    # Centred data has rank < n_points: clip the rounding below zero of null directions.
-    singular_values = np.sqrt(np.clip(eigenvalues[top], 0, None))
-    scores = (basis @ eigenvectors[:, top] * singular_values).astype(dtype)
-    largest = scores[np.argmax(np.abs(scores), axis=0), np.arange(n_components)]
-    return scores * np.where(largest < 0, -1, 1).astype(dtype)
-
-
-class _RowBlocks:
-    """Features as blocks of rows, cast to ``dtype`` and, once ``mean`` is set, centred.
-
-    Numpy features are one block. Dask features are read one block at a time, anew at each
-    pass, so that they never sit in memory whole.
-    """
-
-    def __init__(self, features: Features, dtype: np.dtype) -> None:
-        self.features = features
-        self.dtype = dtype
-        self.mean: np.ndarray | None = None
-        n_points, n_features = features.shape
-        if isinstance(features, da.Array):
-            self.rows = min(n_points, max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // n_features))
-        else:
-            self.rows = n_points
-
-    def __iter__(self) -> Iterator[tuple[slice, np.ndarray]]:
-        """(rows, r(rows, n_features)) for each block in turn."""
-        for start in range(0, self.features.shape[0], self.rows):
-            span = slice(start, start + self.rows)
-            block = self.features[span]
-            if isinstance(block, da.Array):
-                block = block.compute()
-            block = np.asarray(block, dtype=self.dtype)
-            yield span, block if self.mean is None else block - self.mean
-
-    def times(self, matrix: np.ndarray) -> np.ndarray:
-        """(n_points, k) = (centred) features @ matrix, for r(n_features, k): one pass."""
-        product = np.empty((self.features.shape[0], matrix.shape[1]), dtype=self.dtype)
-        for span, block in self:
-            product[span] = block @ matrix
-        return product
-
-    def transpose_times(self, matrix: np.ndarray) -> np.ndarray:
-        """(n_features, k) = (centred) features.T @ matrix, for r(n_points, k): one pass."""
-        product = np.zeros((self.features.shape[1], matrix.shape[1]), dtype=self.dtype)
-        matrix = matrix.astype(self.dtype)
-        for span, block in self:
-            product += block.T @ matrix[span]
-        return product
-
-
-def _orthonormal(sketch: np.ndarray) -> np.ndarray:
-    """f64(n, k): an orthonormal basis of the columns of ``sketch`` r(n, k)."""
-    return np.linalg.qr(sketch.astype(np.float64))[0]
-
-
-def _gram(matrix: np.ndarray) -> np.ndarray:
-    """f64(k, k) = matrix.T @ matrix for r(n, k), summed in float64 (the Gram matrix squares
-    the singular values) 8 MiB of rows at a time, never copying ``matrix`` whole."""
-    gram = np.zeros((matrix.shape[1], matrix.shape[1]))
-    step = max(1, 2**20 // matrix.shape[1])
-    for start in range(0, len(matrix), step):
-        part = matrix[start : start + step].astype(np.float64)
-        gram += part.T @ part
-    return gram
 
 
 def inter_block_features(attention: xr.DataArray | Features) -> da.Array:
@@ -561,12 +424,6 @@ def _umap_class() -> type:
         warnings.filterwarnings("ignore", "Tensorflow not installed", ImportWarning)
         from umap import UMAP
     return UMAP
-
-
-def _feature_shape(features: Features) -> tuple[int, int]:
-    if features.ndim != 2:
-        raise ValueError(f"features must be 2-D (n_points, n_features), got shape {features.shape}")
-    return features.shape
 
 
 def _as_json(value: Any) -> Any:

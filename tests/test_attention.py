@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mambapanel import attention, models, orders
-from mambapanel.attention import chunked, reference
+from mambapanel.attention import reference, tiled
 from mambapanel.models.vmamba import SS2D
 
 GRIDS = [(7, 7), (5, 9), (4, 4), (1, 6), (6, 3)]
@@ -67,11 +67,11 @@ def random_route(Bt=2, D=6, N=1, L=50, dt_high=1.0, seed=0, dtype=torch.float64)
 def test_tiled_equals_reference_across_tile_boundaries(reduce, L, N, options):
     delta, A, B, C = random_route(L=L, N=N)
     expected = reference.route_attention(delta, A, B, C, reduce=reduce)
-    got = chunked.route_attention(delta, A, B, C, reduce=reduce, **options)
+    got = tiled.route_attention(delta, A, B, C, reduce=reduce, **options)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert torch.count_nonzero(got.triu(1)) == 0  # causal: no key after its query
     buffer = torch.full_like(expected, float("nan"))  # every element must be written
-    written = chunked.route_attention(delta, A, B, C, reduce=reduce, out=buffer, **options)
+    written = tiled.route_attention(delta, A, B, C, reduce=reduce, out=buffer, **options)
     assert written.data_ptr() == buffer.data_ptr()
     torch.testing.assert_close(buffer, expected, rtol=1e-12, atol=1e-12)
 
@@ -83,8 +83,8 @@ def test_a_route_and_its_reverse_share_one_buffer(reduce, options):
     expected = reference.route_attention(*forward, reduce=reduce)
     expected += reference.route_attention(*backward, reduce=reduce).flip(-2, -1)
     buffer = torch.full_like(expected, float("nan")).contiguous()
-    chunked.route_attention(*forward, reduce=reduce, out=buffer, **options)
-    chunked.route_attention(*backward, reduce=reduce, out=buffer, add_reversed=True, **options)
+    tiled.route_attention(*forward, reduce=reduce, out=buffer, **options)
+    tiled.route_attention(*backward, reduce=reduce, out=buffer, add_reversed=True, **options)
     torch.testing.assert_close(buffer, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -93,7 +93,7 @@ def test_leaves_with_huge_steps_fall_back_to_the_elementwise_form(dtype):
     # Δ·A summed over a leaf of 32 steps reaches ~1000: the factored leaf would overflow.
     delta, A, B, C = random_route(Bt=1, D=3, L=96, dt_high=30.0)
     expected = reference.route_attention(delta, A, B, C)
-    got = chunked.route_attention(*(t.to(dtype) for t in (delta, A, B, C)))
+    got = tiled.route_attention(*(t.to(dtype) for t in (delta, A, B, C)))
     assert torch.isfinite(got).all()
     # float32 cumsums of ~1e4 carry ~1e-3 absolute error into the exponent.
     tolerance = 1e-3 if dtype == torch.float32 else 1e-10
@@ -104,7 +104,7 @@ def test_stable_at_56x56_with_realistic_steps():
     # Δ up to 2 over 3136 steps: S reaches ~3000; exp(A·S) alone would overflow float32.
     delta, A, B, C = random_route(Bt=1, D=3, L=3136, dt_high=2.0)
     expected = reference.route_attention(delta, A, B, C)
-    got = chunked.route_attention(*(t.float() for t in (delta, A, B, C)))
+    got = tiled.route_attention(*(t.float() for t in (delta, A, B, C)))
     assert torch.isfinite(got).all()
     scale = expected.abs().max()
     assert (got.double() - expected).abs().max() / scale < 1e-5

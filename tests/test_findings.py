@@ -15,7 +15,9 @@ import zarr
 from PIL import Image
 
 from compute import findings as command
-from mambapanel import findings, orders
+from mambapanel import orders
+from mambapanel.findings import metrics, record, stage, tables
+from mambapanel.findings.report import report
 from mambapanel.store import RunError, open_run
 from mambapanel.views.findings import FindingsView, run_panel
 
@@ -31,16 +33,16 @@ def test_self_row_column_share_known_answers():
     height, width = 3, 4
     L = height * width
     same_row = same_line_patterns(height, width, "row") - np.eye(L)
-    assert findings.self_row_column_share(np.eye(L), height, width) == {
+    assert metrics.self_row_column_share(np.eye(L), height, width) == {
         "self": 1.0,
         "row": 0.0,
         "column": 0.0,
     }
-    assert findings.self_row_column_share(-same_row, height, width)["row"] == 1.0  # |α|
-    uniform = findings.self_row_column_share(np.ones((2, L, L)), height, width)
+    assert metrics.self_row_column_share(-same_row, height, width)["row"] == 1.0  # |α|
+    uniform = metrics.self_row_column_share(np.ones((2, L, L)), height, width)
     assert uniform == pytest.approx({"self": 1 / L, "row": 3 / L, "column": 2 / L})
     with pytest.raises(ValueError, match="does not fit a 3x4 grid"):
-        findings.self_row_column_share(np.eye(L + 1), height, width)
+        metrics.self_row_column_share(np.eye(L + 1), height, width)
 
 
 # --- spatial organisation ------------------------------------------------------------------
@@ -55,120 +57,120 @@ def same_line_patterns(height: int, width: int, axis: str) -> np.ndarray:
 
 def test_patterns_shared_by_grid_rows_have_row_purity_one():
     height, width = 5, 6
-    by_row = findings.pattern_distances(same_line_patterns(height, width, "row"))
+    by_row = metrics.pattern_distances(same_line_patterns(height, width, "row"))
     # Each patch's 5 nearest are the rest of its row (distance 0); its 4 nearest for the
     # column purity are too, and none of them shares its column.
-    assert findings.neighbour_purity(by_row, height, width) == pytest.approx(
+    assert metrics.neighbour_purity(by_row, height, width) == pytest.approx(
         {"row": 1.0, "column": 0.0, "row_chance": 5 / 29, "column_chance": 4 / 29}
     )
-    by_column = findings.pattern_distances(same_line_patterns(height, width, "column"))
-    purity = findings.neighbour_purity(by_column, height, width)
+    by_column = metrics.pattern_distances(same_line_patterns(height, width, "column"))
+    purity = metrics.neighbour_purity(by_column, height, width)
     # 4 of the 5 row neighbours are the rest of the column; the 5th is a tie among all others.
     assert purity["column"] == 1.0 and purity["row"] <= 1 / 5
 
 
 def correlation(distances: np.ndarray, patch_distance: np.ndarray) -> float:
-    return findings.distance_correlation(
-        findings.pair_ranks(distances), findings.pair_ranks(patch_distance)
+    return metrics.distance_correlation(
+        metrics.pair_ranks(distances), metrics.pair_ranks(patch_distance)
     )
 
 
 def test_random_patterns_have_chance_purity_and_no_correlation():
     height, width = 10, 10
     attention = np.random.default_rng(0).random((100, 100))
-    distances = findings.pattern_distances(attention)
-    purity = findings.neighbour_purity(distances, height, width)
+    distances = metrics.pattern_distances(attention)
+    purity = metrics.neighbour_purity(distances, height, width)
     assert purity["row"] == pytest.approx(purity["row_chance"], abs=0.04)
     assert purity["column"] == pytest.approx(purity["column_chance"], abs=0.04)
-    grid = findings.grid_distance(height, width, "euclidean")
+    grid = metrics.grid_distance(height, width, "euclidean")
     assert abs(correlation(distances, grid)) < 0.05
 
 
 def test_smooth_patterns_correlate_with_grid_and_sequence_distance():
     height, width = 8, 8
-    grid = findings.grid_distance(height, width, "euclidean")
+    grid = metrics.grid_distance(height, width, "euclidean")
     bumps = np.exp(-((grid / 3) ** 2))  # each patch attends around itself
-    assert correlation(findings.pattern_distances(bumps), grid) > 0.9
-    sequence = findings.sequence_distance(routes("bidirectional", height, width))
+    assert correlation(metrics.pattern_distances(bumps), grid) > 0.9
+    sequence = metrics.sequence_distance(routes("bidirectional", height, width))
     along_scan = np.exp(-sequence / 8.0)  # each patch attends around itself in the scan
-    assert correlation(findings.pattern_distances(along_scan), sequence) > 0.9
+    assert correlation(metrics.pattern_distances(along_scan), sequence) > 0.9
     same = np.ones((64, 64))
-    assert np.isnan(correlation(findings.pattern_distances(same), grid))
+    assert np.isnan(correlation(metrics.pattern_distances(same), grid))
 
 
 def test_distance_correlation_is_spearmans():
     from scipy.stats import spearmanr
 
     rng = np.random.default_rng(2)
-    pattern = findings.pattern_distances(rng.random((30, 30)) + np.eye(30))
-    sequence = findings.sequence_distance(routes("morton", 5, 6))  # many ties
+    pattern = metrics.pattern_distances(rng.random((30, 30)) + np.eye(30))
+    sequence = metrics.sequence_distance(routes("morton", 5, 6))  # many ties
     expected = spearmanr(pattern[np.triu_indices(30, 1)], sequence[np.triu_indices(30, 1)])
     assert correlation(pattern, sequence) == pytest.approx(expected.statistic, abs=1e-12)
 
 
 def test_grid_and_sequence_distances():
-    chebyshev = findings.grid_distance(3, 4)
+    chebyshev = metrics.grid_distance(3, 4)
     assert chebyshev[0, 5] == 1 and chebyshev[0, 11] == 3 and chebyshev.dtype == np.int64
-    assert findings.grid_distance(3, 4, "euclidean")[0, 5] == pytest.approx(np.sqrt(2))
-    row_major = findings.sequence_distance(routes("bidirectional", 3, 4))
+    assert metrics.grid_distance(3, 4, "euclidean")[0, 5] == pytest.approx(np.sqrt(2))
+    row_major = metrics.sequence_distance(routes("bidirectional", 3, 4))
     assert np.array_equal(row_major, np.abs(np.arange(12)[:, None] - np.arange(12)[None, :]))
-    cross = findings.sequence_distance(routes("cross", 3, 4))
+    cross = metrics.sequence_distance(routes("cross", 3, 4))
     assert cross[0, 4] == 1  # one step down: adjacent in the column-major route
     assert cross[0, 5] == 4  # (1, 1): four steps on either route
     with pytest.raises(ValueError, match="metric must be"):
-        findings.grid_distance(3, 4, "manhattan")
+        metrics.grid_distance(3, 4, "manhattan")
 
 
 # --- order effect --------------------------------------------------------------------------
 
 
 def test_preceding_mask_holds_the_window_before_each_patch():
-    mask = findings.preceding_mask(np.arange(6)[None], window=2)
+    mask = metrics.preceding_mask(np.arange(6)[None], window=2)
     assert [list(np.flatnonzero(row)) for row in mask] == [[], [0], [0, 1], [1, 2], [2, 3], [3, 4]]
-    both_ways = findings.preceding_mask(routes("bidirectional", 2, 3), window=1)
+    both_ways = metrics.preceding_mask(routes("bidirectional", 2, 3), window=1)
     assert list(np.flatnonzero(both_ways[2])) == [1, 3]
 
 
 def test_attention_on_the_preceding_patches_of_an_order_has_share_one():
     height, width = 6, 6
     window = width
-    mask = findings.preceding_mask(routes("diagonal", height, width), window)
+    mask = metrics.preceding_mask(routes("diagonal", height, width), window)
     attention = mask + 5 * np.eye(36)  # the patch itself does not count
-    assert findings.order_share(attention, mask) == 1.0
+    assert metrics.order_share(attention, mask) == 1.0
     random = np.mean(
         [
-            findings.order_share(
+            metrics.order_share(
                 attention,
-                findings.preceding_mask(
-                    findings.relabelled_routes(routes("diagonal", height, width), seed), window
+                metrics.preceding_mask(
+                    metrics.relabelled_routes(routes("diagonal", height, width), seed), window
                 ),
             )
             for seed in range(8)
         ]
     )
-    assert random == pytest.approx(findings.order_chance(mask), abs=0.05)
+    assert random == pytest.approx(metrics.order_chance(mask), abs=0.05)
     assert random < 0.5
-    cross = findings.preceding_mask(routes("cross", height, width), window)
-    assert findings.order_share(attention, cross) < 0.7
-    assert np.isnan(findings.order_share(np.eye(36), mask))  # nobody attends elsewhere
+    cross = metrics.preceding_mask(routes("cross", height, width), window)
+    assert metrics.order_share(attention, cross) < 0.7
+    assert np.isnan(metrics.order_share(np.eye(36), mask))  # nobody attends elsewhere
 
 
 def test_order_chance_is_the_mean_share_of_relabelled_routes():
     attention = np.random.default_rng(1).random((25, 25)) ** 4  # uneven, like attention
     cross = routes("cross", 5, 5)
     shares = [
-        findings.order_share(
-            attention, findings.preceding_mask(findings.relabelled_routes(cross, s), 5)
+        metrics.order_share(
+            attention, metrics.preceding_mask(metrics.relabelled_routes(cross, s), 5)
         )
         for s in range(300)
     ]
-    chance = findings.order_chance(findings.preceding_mask(cross, 5))
+    chance = metrics.order_chance(metrics.preceding_mask(cross, 5))
     assert np.mean(shares) == pytest.approx(chance, abs=0.01)
 
 
 def test_relabelled_routes_keep_the_route_structure():
     cross = routes("cross", 4, 4)
-    relabelled = findings.relabelled_routes(cross, seed=3)
+    relabelled = metrics.relabelled_routes(cross, seed=3)
     assert np.array_equal(relabelled[2], relabelled[0][::-1])  # the reverse stays a reverse
     assert all(sorted(route) == list(range(16)) for route in relabelled)
     assert not np.array_equal(relabelled, cross)
@@ -179,14 +181,14 @@ def test_relabelled_routes_keep_the_route_structure():
 
 def test_locality_profile_recovers_a_function_of_distance():
     height, width = 5, 7
-    chebyshev = findings.grid_distance(height, width)
+    chebyshev = metrics.grid_distance(height, width)
     f = np.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625])
-    profile, pairs = findings.locality_profile(-f[chebyshev], chebyshev)
+    profile, pairs = metrics.locality_profile(-f[chebyshev], chebyshev)
     assert np.allclose(profile, f)
     assert pairs.sum() == 35**2 and pairs[0] == 35
-    sequence = findings.sequence_distance(routes("cross", height, width))
+    sequence = metrics.sequence_distance(routes("cross", height, width))
     g = 1 / (1 + np.arange(35.0))
-    profile, pairs = findings.locality_profile(g[sequence], sequence)
+    profile, pairs = metrics.locality_profile(g[sequence], sequence)
     present = pairs > 0
     assert np.allclose(profile[present], g[: len(profile)][present])
     assert np.isnan(profile[~present]).all()
@@ -195,9 +197,9 @@ def test_locality_profile_recovers_a_function_of_distance():
 def test_relative_profile_and_near_ratio():
     profile = np.array([9.0, 3.0, np.nan, 1.0])
     pairs = np.array([4, 2, 0, 2])
-    distance, relative = findings.relative_profile(profile, pairs)
+    distance, relative = metrics.relative_profile(profile, pairs)
     assert list(distance) == [1, 3] and np.allclose(relative, [1.5, 0.5])
-    assert findings.near_ratio(profile, pairs) == pytest.approx(1.5)
+    assert metrics.near_ratio(profile, pairs) == pytest.approx(1.5)
 
 
 # --- block separation ----------------------------------------------------------------------
@@ -207,11 +209,11 @@ def test_block_separation_known_answers():
     rng = np.random.default_rng(0)
     centres = np.array([[0, 0], [100, 0], [0, 100]])
     clusters = centres[None] + rng.normal(size=(50, 3, 2))  # (image, block, xy)
-    assert findings.block_separation(clusters) > 0.9
+    assert metrics.block_separation(clusters) > 0.9
     mixed = rng.normal(size=(200, 3, 2))
-    assert abs(findings.block_separation(mixed)) < 0.05
-    assert np.isnan(findings.block_separation(clusters[:, :1]))  # one block
-    assert np.isnan(findings.block_separation(clusters[:1]))  # one image
+    assert abs(metrics.block_separation(mixed)) < 0.05
+    assert np.isnan(metrics.block_separation(clusters[:, :1]))  # one block
+    assert np.isnan(metrics.block_separation(clusters[:1]))  # one image
 
 
 # --- one stage -----------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_stage_findings_with_and_without_routes():
     height, width = 4, 4
     attention = np.random.default_rng(0).random((3, 16, 16))
     embeddings = {"pca": np.random.default_rng(1).random((5, 3, 2))}
-    dataset = findings.stage_findings(
+    dataset = stage.stage_findings(
         attention,
         height,
         width,
@@ -232,13 +234,13 @@ def test_stage_findings_with_and_without_routes():
         attrs={"stage": 1, "pool": 1, "notes": []},
     )
     assert dataset["order_share"].dims == ("block", "reference")
-    assert findings.labels(dataset, "reference") == ["cross", "random"]
+    assert record.labels(dataset, "reference") == ["cross", "random"]
     assert dataset["locality"].shape == (3, 4) and dataset.attrs["window"] == 4
     assert dataset.sizes["method"] == 1 and dataset.attrs["row_chance"] == pytest.approx(0.2)
-    pooled = findings.stage_findings(attention, height, width, attrs={"stage": 1, "pool": 2})
+    pooled = stage.stage_findings(attention, height, width, attrs={"stage": 1, "pool": 2})
     for name in ("order_share", "order_chance", "sequence_locality", "separation"):
         assert name not in pooled
-    summary = findings.block_summary(pooled, "cross")
+    summary = tables.block_summary(pooled, "cross")
     assert list(summary.index) == ["0", "1", "2", "chance"]
     assert np.isnan(summary.loc["0", "preceding, own"])
 
@@ -272,19 +274,19 @@ def stored_files(run):
 def test_report_stores_findings_and_writes_tables_and_figures(two_runs, tmp_path, capsys):
     cross, morton = two_runs
     before = stored_files(cross)
-    document = command.report([cross, morton], tmp_path / "report", seeds=2)
+    document = report([cross, morton], tmp_path / "report", seeds=2)
     assert document == tmp_path / "report" / "findings.md"
     assert stored_files(cross) == before  # only the findings group is written
     assert f"{cross}: findings stored" in capsys.readouterr().out
 
-    stored = findings.read_findings(open_run(cross), "cross")
+    stored = record.read_findings(open_run(cross), "cross")
     assert list(stored.stages) == [1, 2] and stored.order == "cross"
-    assert stored.attrs["findings_version"] == findings.FINDINGS_VERSION
+    assert stored.attrs["findings_version"] == record.FINDINGS_VERSION
     stage1 = stored.stages[1]
-    assert findings.labels(stage1, "reference") == [*findings.COMPARED_ORDERS, "random"]
-    assert findings.labels(stage1, "method") == ["pca", "tsne"]
+    assert record.labels(stage1, "reference") == [*stage.COMPARED_ORDERS, "random"]
+    assert record.labels(stage1, "method") == ["pca", "tsne"]
     assert 0 < stage1["self_share"].values.min() and stage1["locality"].shape == (2, 8)
-    assert "order_share" not in findings.read_findings(open_run(morton), "m").stages[2]
+    assert "order_share" not in record.read_findings(open_run(morton), "m").stages[2]
 
     text = document.read_text()
     for heading in (
@@ -303,8 +305,8 @@ def test_report_stores_findings_and_writes_tables_and_figures(two_runs, tmp_path
             assert image.width > 200 and image.height > 100
     assert not (tmp_path / "report" / "order-matrix-stage2.png").exists()  # one run only
 
-    command.report([cross], tmp_path / "again", window=2, seeds=1)  # replaces the findings
-    assert findings.read_findings(open_run(cross), "cross").stages[1].attrs["window"] == 2
+    report([cross], tmp_path / "again", window=2, seeds=1)  # replaces the findings
+    assert record.read_findings(open_run(cross), "cross").stages[1].attrs["window"] == 2
 
 
 def test_command_line(small_run, tmp_path, capsys):
@@ -319,7 +321,7 @@ def test_command_line(small_run, tmp_path, capsys):
     with pytest.raises(RunError, match="nowhere: no such run"):
         args.handler(args)
     with pytest.raises(ValueError, match="window must be at least 1"):
-        command.report([run], tmp_path / "out", window=0)
+        report([run], tmp_path / "out", window=0)
 
 
 # --- the view ------------------------------------------------------------------------------
@@ -332,7 +334,7 @@ def view_text(tab) -> str:
 
 def test_findings_view_shows_stored_findings_and_says_how_to_add_them(two_runs):
     cross, morton = two_runs
-    command.compute_run(cross, seeds=1)
+    stage.compute_run(cross, seeds=1)
     view = FindingsView([cross, morton])
     assert view.param.stage.objects == [1, 2]
     assert pn.panel(view).get_root().children
@@ -346,7 +348,7 @@ def test_findings_view_shows_stored_findings_and_says_how_to_add_them(two_runs):
     panel = run_panel(view.findings["cross"], 1)
     assert isinstance(panel[1], pn.pane.HoloViews)
 
-    command.compute_run(morton, seeds=1)
+    stage.compute_run(morton, seeds=1)
     view = FindingsView([cross, morton])
     assert "Own order largest in" in view.across_runs().object
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from mambapanel import reduce, store
+from mambapanel import randomized_pca, reduce, store
 
 N_IMAGES, N_BLOCKS, GRID = 6, 2, (4, 4)
 
@@ -54,9 +54,9 @@ def test_two_clusters_stay_separated(method):
 def test_pca_of_dask_array_matches_sklearn(monkeypatch, n_points, n_components):
     data = low_rank(n_points)
     # Blocks of 20 rows, re-read at every pass: the out-of-core path.
-    monkeypatch.setattr(reduce, "_BLOCK_ELEMENTS", 4000)
-    monkeypatch.setattr(reduce, "_MIN_BLOCK_ROWS", 20)
-    monkeypatch.setattr(reduce, "_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(randomized_pca, "_BLOCK_ELEMENTS", 4000)
+    monkeypatch.setattr(randomized_pca, "_MIN_BLOCK_ROWS", 20)
+    monkeypatch.setattr(randomized_pca, "_IN_MEMORY_BYTES", 0)
     scores = reduce.pca(da.from_array(data, chunks=(7, 130)), n_components, seed=0)
     expected = PCA(n_components, svd_solver="full").fit_transform(data)
     tolerance = 1e-6 * np.abs(expected).max()
@@ -75,13 +75,13 @@ def test_large_dask_features_are_read_once_per_pass_not_held(monkeypatch):
 
     data = low_rank()
     features = da.from_array(data, chunks=data.shape).map_blocks(load, meta=np.array((), float))
-    monkeypatch.setattr(reduce, "_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(randomized_pca, "_IN_MEMORY_BYTES", 0)
     reduce.pca(features, 2)
     # Means, sketch, two products per power iteration, final projection.
-    assert len(loads) == 3 + 2 * reduce._PCA_POWER_ITERATIONS
+    assert len(loads) == 3 + 2 * randomized_pca.POWER_ITERATIONS
 
     loads.clear()
-    monkeypatch.setattr(reduce, "_IN_MEMORY_BYTES", data.nbytes)
+    monkeypatch.setattr(randomized_pca, "_IN_MEMORY_BYTES", data.nbytes)
     reduce.pca(features, 2)
     assert len(loads) == 1
 

@@ -407,7 +407,7 @@ def test_a_run_that_cannot_be_opened_is_named_and_the_shown_run_stays(small_run,
 
 
 def test_the_findings_tab_reads_the_findings_when_first_opened(small_run, tmp_path):
-    from compute.findings import report
+    from mambapanel.findings.report import report
 
     run = tmp_path / "with-findings"
     shutil.copytree(small_run, run)

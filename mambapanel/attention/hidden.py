@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mambapanel import orders
-from mambapanel.attention import chunked, reference
+from mambapanel.attention import reference, tiled
 from mambapanel.attention.reference import check_reduce
 from mambapanel.models.vmamba import ScanInputs
 
@@ -26,7 +26,7 @@ MODES = ("ssm", "implicit")
 def route_backend(name: str) -> Callable[..., Tensor]:
     """The ``route_attention`` function of a backend: tiled (default), reference, triton."""
     if name == "tiled":
-        return chunked.route_attention
+        return tiled.route_attention
     if name == "reference":
         return reference.route_attention
     if name == "triton":

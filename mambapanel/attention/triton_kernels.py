@@ -45,7 +45,7 @@ Tensor = torch.Tensor
 # What @triton.jit saw when the kernel below was defined: interpreted (CPU) or compiled (GPU).
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# f32 x f32 tl.dot precision. "ieee" keeps the kernel as exact as the float32 chunked backend;
+# f32 x f32 tl.dot precision. "ieee" keeps the kernel as exact as the float32 tiled backend;
 # the dot is a small share of the work (the exps and the L² output write dominate), so TF32
 # ("tf32", ~1e-3 relative) would buy little speed for a visible loss.
 _DOT_PRECISION = "ieee"
@@ -246,7 +246,7 @@ def route_attention(
     B, C : r(Bt, N, L)
     reduce : {"mean", "absmean"}
         ``absmean`` only with N = 1 (then |α_d| = |C[t]| · (positive) · |B[s]|); ``None``
-        (per channel) is not computed here: use the chunked backend.
+        (per channel) is not computed here: use the tiled backend.
     tile : int, optional
         BLOCK_T, a power of two >= 16 (default 64): query and key steps per program.
     block_d : int, optional
@@ -258,11 +258,11 @@ def route_attention(
     r(Bt, L, L) float32, zero above the diagonal, on the device of ``delta``.
     """
     if triton is None:
-        raise RuntimeError("Triton is not installed: use the chunked backend")
+        raise RuntimeError("Triton is not installed: use the tiled backend")
     check_reduce(reduce)
     if reduce is None:
         raise NotImplementedError(
-            "the Triton kernel reduces over channels; for reduce=None use the chunked backend"
+            "the Triton kernel reduces over channels; for reduce=None use the tiled backend"
         )
     Bt, D, L = delta.shape
     N = A.shape[1]
@@ -274,7 +274,7 @@ def route_attention(
     if reduce == "absmean":
         if N > 1:
             raise NotImplementedError(
-                "absmean with N > 1 does not factor (|Σ_n ...| per channel): use the chunked "
+                "absmean with N > 1 does not factor (|Σ_n ...| per channel): use the tiled "
                 "backend"
             )
         # N = 1: only C[t] and B[s] carry a sign, |α_d| = |C| · exp(..) Δ · |B|.

@@ -10,15 +10,9 @@ import panel as pn
 import param
 import xarray as xr
 
-from mambapanel.findings import (
-    LEGEND,
-    ORDER_INTRODUCTION,
-    Findings,
-    order_section,
-    read_findings,
-    relative_profile,
-    run_sections,
-)
+from mambapanel.findings.metrics import relative_profile
+from mambapanel.findings.record import Findings, read_findings
+from mambapanel.findings.tables import LEGEND, ORDER_INTRODUCTION, order_section, run_sections
 from mambapanel.views.data import RunData, RunsLike, load_runs
 from mambapanel.views.style import block_colours
 
@@ -37,7 +31,7 @@ def missing(run: RunData) -> pn.pane.Markdown:
 
 def locality_curves(dataset: xr.Dataset, stage: int) -> hv.Layout:
     """Mean attention by grid and by sequence distance (÷ the mean; distance ≥ 1), one curve
-    per block: :func:`mambapanel.findings.relative_profile`."""
+    per block: :func:`mambapanel.findings.metrics.relative_profile`."""
     colours = block_colours(dataset.sizes["block"])
     plots = []
     for profile, pairs, name, label in PROFILES:
@@ -129,7 +123,7 @@ class FindingsView(pn.viewable.Viewer):
 
 
 def run_panel(findings: Findings, stage: int) -> pn.Column:
-    """One run's tables (:func:`mambapanel.findings.run_sections`) for ``stage``, and its
+    """One run's tables (:func:`mambapanel.findings.tables.run_sections`) for ``stage``, and its
     locality curves."""
     text = "\n\n".join(run_sections(findings, [stage], level=4))
     parts = [pn.pane.Markdown(text, sizing_mode="stretch_width")]

@@ -1,0 +1,132 @@
+"""The findings report of ``python -m compute findings``: compute and store each run's
+findings, then write ``findings.md`` (markdown tables) and its PNG figures.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mambapanel.findings.figures import heatmap, locality_figure
+from mambapanel.findings.record import Findings, read_findings
+from mambapanel.findings.stage import SEEDS, compute_run
+from mambapanel.findings.tables import (
+    LEGEND,
+    ORDER_INTRODUCTION,
+    markdown_table,
+    order_matrix,
+    order_section,
+    run_sections,
+)
+from mambapanel.store import RunError, open_run
+
+REPORT = "findings.md"
+
+
+def report(
+    runs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    window: int | None = None,
+    seeds: int = SEEDS,
+) -> Path:
+    """Compute and store the findings of every run, then write ``out/findings.md`` (markdown
+    tables) and its PNG figures (locality profiles per run, the cross-run order matrix).
+
+    Parameters
+    ----------
+    runs : paths of complete runs (``python -m compute extract``; ``reduce`` for the block
+        separation)
+    out : the report's directory, created if missing
+
+    Returns
+    -------
+    Path of ``findings.md``.
+
+    Raises
+    ------
+    mambapanel.store.RunError
+        No run, or a path that is not a complete run (checked for every run before any
+        computation).
+    ValueError
+        ``window`` or ``seeds`` below 1.
+    """
+    if not runs:
+        raise RunError("no run given: pass the path of a run made by `python -m compute extract`")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be at least 1 patch, got {window}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    paths = [Path(run) for run in runs]
+    for path in paths:
+        open_run(path)
+    names = run_names(paths)
+    found = []
+    for path, name in zip(paths, names, strict=True):
+        compute_run(path, window=window, seeds=seeds)
+        print(f"{path}: findings stored", flush=True)
+        findings = read_findings(open_run(path), name)
+        if findings is None:  # written just now: cannot be missing
+            raise RunError(f"{path}: findings were written but cannot be read back")
+        found.append(findings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = out / REPORT
+    document.write_text(markdown(found, paths, out))
+    return document
+
+
+def run_names(paths: Sequence[Path]) -> list[str]:
+    """Each run's directory name, or its full path where two runs share a name."""
+    names = [path.name for path in paths]
+    return [str(path) if names.count(path.name) > 1 else path.name for path in paths]
+
+
+def markdown(found: Sequence[Findings], paths: Sequence[Path], out: Path) -> str:
+    """The report's text; writes its figures into ``out`` as it goes."""
+    parts = [
+        "# Findings",
+        "Numbers for the findings of *Visual Attention Exploration in Vision-Based Mamba "
+        "Models* (arXiv 2502.20764, §4-§5), made by `python -m compute findings`; "
+        "definitions in `mambapanel/findings/metrics.py`.",
+        LEGEND,
+        markdown_table(runs_table(found, paths)),
+    ]
+    stages = sorted({stage for findings in found for stage in findings.stages})
+    sections = {stage: order_section(found, stage) for stage in stages}
+    if any(sections.values()):
+        parts += ["## Patch order across runs", ORDER_INTRODUCTION]
+    for stage, section in sections.items():
+        if section:
+            figure = f"order-matrix-stage{stage}.png"
+            title = f"stage {stage}: attention on preceding patches / chance"
+            heatmap(order_matrix(found, stage), title).save(out / figure)
+            parts += [*section, f"![order matrix, stage {stage}]({figure})"]
+    for findings in found:
+        parts += run_sections(findings)
+        figure = f"locality-{slug(findings.name)}.png"
+        locality_figure(findings).save(out / figure)
+        parts.append(f"![locality profiles of {findings.name}]({figure})")
+    return "\n\n".join(parts) + "\n"
+
+
+def runs_table(found: Sequence[Findings], paths: Sequence[Path]) -> pd.DataFrame:
+    """One row per run: model, order, stages with findings, path."""
+    frame = pd.DataFrame(
+        {
+            "model": [f.model for f in found],
+            "order": [f.order for f in found],
+            "stages": [", ".join(map(str, f.stages)) for f in found],
+            "path": [str(path.resolve()) for path in paths],
+        },
+        index=[f.name for f in found],
+    )
+    frame.index.name = "run"
+    return frame
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
