@@ -1,10 +1,11 @@
-"""Command line: `python -m compute extract|reduce|train|findings|demo`."""
+"""Command line: `python -m compute extract|reduce|train|findings|serve|demo`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from compute import serve as serving
 from mambapanel import data, models, orders, store
 from mambapanel.extract import BATCH_SIZE, REDUCTIONS, SHARD_SIZE
 
@@ -14,13 +15,23 @@ def demo(args: argparse.Namespace) -> int:
     order (trained on scikit-learn's digits), then serve the dashboard with every run."""
     from compute import demo as demo_runs
 
+    options = serving.options_from(args)
+    if not args.no_serve:
+        options.check()  # refuses before minutes of building, not after (warnings: at start)
     runs = demo_runs.build(
         args.runs, orders=args.orders, n=args.n, methods=args.methods, workers=args.workers
     )
     if args.no_serve:
         print(f"runs ready: {' '.join(map(str, runs))}")
         return 0
-    demo_runs.serve(runs, port=args.port, address=args.address)  # does not return
+    serving.serve(runs, options)  # does not return
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the dashboard (the explorer at /explorer, two side by side at /compare) with
+    the runs loaded, on 127.0.0.1 unless told otherwise."""
+    serving.serve(args.runs, serving.options_from(args))  # does not return
     return 0
 
 
@@ -239,6 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     findings.add_parser(commands)
 
     p = commands.add_parser(
+        "serve",
+        help="serve the dashboard with runs loaded (127.0.0.1 unless told otherwise)",
+        description=serve.__doc__
+        + " The README's Dashboard section says how to expose it (a proxy, or --basic-auth "
+        "with TLS).",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="runs made by `compute extract`")
+    serving.add_arguments(p)
+    p.set_defaults(handler=serve)
+
+    p = commands.add_parser(
         "demo",
         help="the demo: runs of the trained demo models, reduced, served in the dashboard",
         description=demo.__doc__ + " Runs already built are reused, interrupted ones resumed.",
@@ -265,13 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         help="embeddings (default pca,tsne,umap)",
     )
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
-    p.add_argument("--port", type=int, default=5006, help="dashboard port (default 5006)")
-    p.add_argument(
-        "--address",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; see the README before exposing it)",
-    )
     p.add_argument("--no-serve", action="store_true", help="build the runs, do not serve")
+    serving.add_arguments(p)
     p.set_defaults(handler=demo)
     args = parser.parse_args(argv)
     try:
