@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from compute import serve as serving
+from compute.arguments import POSITIVE, integer, positive_float
 from mambapanel import data, models, orders, store
 from mambapanel.extract import BATCH_SIZE, REDUCTIONS, SHARD_SIZE
 
@@ -130,7 +131,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="official or `compute train` checkpoint")
     p.add_argument(
         "--size",
-        type=int,
+        type=POSITIVE,
         default=None,
         help="image side in pixels (default: the size a `compute train` checkpoint was "
         "trained at, else 224)",
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"a directory (flat, or class sub-folders giving labels) or a packaged source: "
         f"{', '.join(sorted(data.PACKAGED_SOURCES))} (default demo)",
     )
-    p.add_argument("--n", type=int, default=None, help="first n readable images (default all)")
+    p.add_argument("--n", type=POSITIVE, default=None, help="first n readable images (default all)")
     p.add_argument(
         "--stages", type=parse_ints, default=None, help="stages to store, e.g. 1,2,3 (default all)"
     )
@@ -177,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reduce", default="mean", choices=REDUCTIONS, help="over channels")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=POSITIVE,
         default=BATCH_SIZE,
         help=f"images per forward pass (default {BATCH_SIZE})",
     )
     p.add_argument(
         "--shard-size",
-        type=int,
+        type=POSITIVE,
         default=SHARD_SIZE,
         help=f"images per task: the unit of resume; each task keeps one float64 sum per block "
         f"on disk until the run ends (default {SHARD_SIZE})",
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: local)")
     p.add_argument(
         "--workers",
-        type=int,
+        type=POSITIVE,
         default=2,
         help="LocalCluster worker processes, one thread each (default 2; not with --scheduler)",
     )
@@ -209,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         default=["pca", "tsne", "umap"],
         help="comma-separated (default pca,tsne,umap)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed, recorded (default 0)")
+    p.add_argument(
+        "--seed",
+        type=integer(0, 2**32 - 1),  # scikit-learn's and UMAP's random_state range
+        default=0,
+        help="random seed, recorded (default 0)",
+    )
     p.set_defaults(handler=reduce)
 
     p = commands.add_parser(
@@ -229,11 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=datasets.available(),
         help="demo: scikit-learn's digits, 20%% held out (default demo)",
     )
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--epochs", type=POSITIVE, default=defaults.epochs)
     p.add_argument("--out", required=True, help="checkpoint file to write (.pth)")
-    p.add_argument("--size", type=int, default=defaults.image_size, help="input side in pixels")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
+    p.add_argument(
+        "--size", type=POSITIVE, default=defaults.image_size, help="input side in pixels"
+    )
+    p.add_argument("--batch-size", type=POSITIVE, default=defaults.batch_size)
+    p.add_argument(
+        "--lr", type=positive_float, default=defaults.lr, help="peak AdamW learning rate"
+    )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument(
         "--storage",
@@ -276,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--n",
-        type=int,
+        type=POSITIVE,
         default=demo_runs.DEMO_IMAGES,
         help=f"held-out digits per run (default {demo_runs.DEMO_IMAGES})",
     )
@@ -286,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         default=list(demo_runs.DEMO_METHODS),
         help="embeddings (default pca,tsne,umap)",
     )
-    p.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
+    p.add_argument("--workers", type=POSITIVE, default=2, help="Dask worker processes (default 2)")
     p.add_argument("--no-serve", action="store_true", help="build the runs, do not serve")
     serving.add_arguments(p)
     p.set_defaults(handler=demo)

@@ -136,9 +136,12 @@ def select_images(source: str | Path, n: int | None = None) -> Selection:
     Raises
     ------
     ImageSourceError
-        The source does not exist, has no readable image, or fewer than ``n``.
+        ``n`` is below 1, or the source does not exist, has no readable image, or fewer
+        than ``n``.
     """
     source = resolve_source(source)
+    if n is not None and n < 1:  # not "no image", and not "all" for a negative n
+        raise ImageSourceError(f"{source}: n must be at least 1 image (None: all), got {n}")
     chosen, skipped = [], []
     for file in list_files(source):
         if n is not None and len(chosen) == n:
