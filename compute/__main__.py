@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size",
         type=POSITIVE,
         default=BATCH_SIZE,
-        help=f"images per forward pass (default {BATCH_SIZE})",
+        help=f"images per forward pass (default {BATCH_SIZE}); part of the run: float32 "
+        "rounding differs with it, so a resume must use the run's own",
     )
     p.add_argument(
         "--shard-size",
