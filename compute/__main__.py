@@ -1,10 +1,12 @@
-"""Command line: `python -m compute extract|reduce|train|findings|demo`."""
+"""Command line: `python -m compute extract|reduce|train|findings|serve|demo`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from compute import serve as serving
+from compute.arguments import POSITIVE, integer, positive_float
 from mambapanel import data, models, orders, store
 from mambapanel.extract import BATCH_SIZE, REDUCTIONS, SHARD_SIZE
 
@@ -14,13 +16,23 @@ def demo(args: argparse.Namespace) -> int:
     order (trained on scikit-learn's digits), then serve the dashboard with every run."""
     from compute import demo as demo_runs
 
+    options = serving.options_from(args)
+    if not args.no_serve:
+        options.check()  # refuses before minutes of building, not after (warnings: at start)
     runs = demo_runs.build(
         args.runs, orders=args.orders, n=args.n, methods=args.methods, workers=args.workers
     )
     if args.no_serve:
         print(f"runs ready: {' '.join(map(str, runs))}")
         return 0
-    demo_runs.serve(runs, port=args.port, address=args.address)  # does not return
+    serving.serve(runs, options)  # does not return
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the dashboard (the explorer at /explorer, two side by side at /compare) with
+    the runs loaded, on 127.0.0.1 unless told otherwise."""
+    serving.serve(args.runs, serving.options_from(args))  # does not return
     return 0
 
 
@@ -119,7 +131,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="official or `compute train` checkpoint")
     p.add_argument(
         "--size",
-        type=int,
+        type=POSITIVE,
         default=None,
         help="image side in pixels (default: the size a `compute train` checkpoint was "
         "trained at, else 224)",
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"a directory (flat, or class sub-folders giving labels) or a packaged source: "
         f"{', '.join(sorted(data.PACKAGED_SOURCES))} (default demo)",
     )
-    p.add_argument("--n", type=int, default=None, help="first n readable images (default all)")
+    p.add_argument("--n", type=POSITIVE, default=None, help="first n readable images (default all)")
     p.add_argument(
         "--stages", type=parse_ints, default=None, help="stages to store, e.g. 1,2,3 (default all)"
     )
@@ -166,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reduce", default="mean", choices=REDUCTIONS, help="over channels")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=POSITIVE,
         default=BATCH_SIZE,
-        help=f"images per forward pass (default {BATCH_SIZE})",
+        help=f"images per forward pass (default {BATCH_SIZE}); part of the run: float32 "
+        "rounding differs with it, so a resume must use the run's own",
     )
     p.add_argument(
         "--shard-size",
-        type=int,
+        type=POSITIVE,
         default=SHARD_SIZE,
         help=f"images per task: the unit of resume; each task keeps one float64 sum per block "
         f"on disk until the run ends (default {SHARD_SIZE})",
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: local)")
     p.add_argument(
         "--workers",
-        type=int,
+        type=POSITIVE,
         default=2,
         help="LocalCluster worker processes, one thread each (default 2; not with --scheduler)",
     )
@@ -198,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         default=["pca", "tsne", "umap"],
         help="comma-separated (default pca,tsne,umap)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed, recorded (default 0)")
+    p.add_argument(
+        "--seed",
+        type=integer(0, 2**32 - 1),  # scikit-learn's and UMAP's random_state range
+        default=0,
+        help="random seed, recorded (default 0)",
+    )
     p.set_defaults(handler=reduce)
 
     p = commands.add_parser(
@@ -218,16 +236,20 @@ def main(argv: list[str] | None = None) -> int:
         choices=datasets.available(),
         help="demo: scikit-learn's digits, 20%% held out (default demo)",
     )
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--epochs", type=POSITIVE, default=defaults.epochs)
     p.add_argument(
         "--out",
         required=True,
         help="checkpoint file to write: .pth (torch) or .safetensors (tensors and JSON "
         "metadata only, which no reader can be made to run code from)",
     )
-    p.add_argument("--size", type=int, default=defaults.image_size, help="input side in pixels")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
+    p.add_argument(
+        "--size", type=POSITIVE, default=defaults.image_size, help="input side in pixels"
+    )
+    p.add_argument("--batch-size", type=POSITIVE, default=defaults.batch_size)
+    p.add_argument(
+        "--lr", type=positive_float, default=defaults.lr, help="peak AdamW learning rate"
+    )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument(
         "--storage",
@@ -242,6 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     from compute import findings
 
     findings.add_parser(commands)
+
+    p = commands.add_parser(
+        "serve",
+        help="serve the dashboard with runs loaded (127.0.0.1 unless told otherwise)",
+        description=serve.__doc__
+        + " The README's Dashboard section says how to expose it (a proxy, or --basic-auth "
+        "with TLS).",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="runs made by `compute extract`")
+    serving.add_arguments(p)
+    p.set_defaults(handler=serve)
 
     p = commands.add_parser(
         "demo",
@@ -259,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--n",
-        type=int,
+        type=POSITIVE,
         default=demo_runs.DEMO_IMAGES,
         help=f"held-out digits per run (default {demo_runs.DEMO_IMAGES})",
     )
@@ -269,14 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         default=list(demo_runs.DEMO_METHODS),
         help="embeddings (default pca,tsne,umap)",
     )
-    p.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
-    p.add_argument("--port", type=int, default=5006, help="dashboard port (default 5006)")
-    p.add_argument(
-        "--address",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; see the README before exposing it)",
-    )
+    p.add_argument("--workers", type=POSITIVE, default=2, help="Dask worker processes (default 2)")
     p.add_argument("--no-serve", action="store_true", help="build the runs, do not serve")
+    serving.add_arguments(p)
     p.set_defaults(handler=demo)
     args = parser.parse_args(argv)
     try:

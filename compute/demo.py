@@ -3,15 +3,13 @@
 For each demo checkpoint (one ``vmamba-micro`` per patch order, trained by
 ``tools/train_demo.sh`` on scikit-learn's digits and shipped in ``mambapanel/checkpoints``):
 extract a run on held-out digits through the Dask pipeline, reduce it (PCA, t-SNE, UMAP),
-add the findings, then serve the dashboard with every run loaded. Runs that are already
-complete are reused; a run that was interrupted is resumed.
+add the findings, then serve the dashboard with every run loaded (:mod:`compute.serve`).
+Runs that are already complete are reused; a run that was interrupted is resumed.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -148,30 +146,3 @@ def reduce_all(
         for future in as_completed(futures):
             future.result()
             bar.update()
-
-
-def serve_command(runs: Sequence[Path], *, port: int, address: str) -> list[str]:
-    """``panel serve`` of the explorer and compare apps with ``runs`` loaded."""
-    return [
-        sys.executable, "-m", "panel", "serve",
-        str(ROOT / "dashboards" / "explorer.py"), str(ROOT / "dashboards" / "compare.py"),
-        "--address", address, "--port", str(port),
-        "--allow-websocket-origin", f"{address}:{port}",
-        "--allow-websocket-origin", f"localhost:{port}",
-        "--args", *map(str, runs),
-    ]  # fmt: skip
-
-
-def serve(runs: Sequence[Path], *, port: int = 5006, address: str = "127.0.0.1") -> None:
-    """Serve the dashboard until stopped (Ctrl-C): this process becomes ``panel serve``, so
-    a signal that stops it stops the server (no orphaned server)."""
-    print(
-        f"serving {len(runs)} runs: http://{address}:{port}/explorer and "
-        f"http://{address}:{port}/compare (Ctrl-C stops)",
-        flush=True,
-    )
-    command = serve_command(runs, port=port, address=address)
-    os.chdir(ROOT)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(command[0], command)

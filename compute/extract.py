@@ -90,7 +90,7 @@ def extract(
         store.check_compatible(out, plan.attrs if n is None else {**plan.attrs, "n_images": n})
     else:
         selection = data.select_images(plan.attrs["image_source"], n)
-        report_skipped(selection)
+        report_selection(selection)
         report_disk(out, plan, len(selection.images))
         store.create_run(
             out,
@@ -152,11 +152,17 @@ def compute_shards(
             on_done(future.result())
 
 
-def report_skipped(selection: data.Selection) -> None:
+def report_selection(selection: data.Selection) -> None:
+    """Print the files passed over and the images whose transparency is composited."""
     if selection.skipped:
         print(f"skipped {len(selection.skipped)} files of {selection.source}:")
         for line in selection.skipped:
             print(f"  {line}")
+    if selection.composited:
+        print(
+            f"{len(selection.composited)} images have transparency: the model sees them laid "
+            f"on the background RGB {data.BACKGROUND}: {', '.join(selection.composited)}"
+        )
 
 
 def report_disk(out: Path, plan: RunPlan, n_images: int) -> None:

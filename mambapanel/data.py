@@ -1,7 +1,7 @@
 """Image sources for extraction (a folder, flat or ImageNet-style, or a packaged source:
 ``demo``, the held-out digits of the demo models, and ``photos``, the two photographs shipped
-with scikit-learn) and the preprocessing every model here expects (resize, centre crop,
-normalise).
+with scikit-learn) and the preprocessing every model here expects (8-bit RGB, resize, centre
+crop, normalise).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,10 +19,47 @@ from PIL import Image, UnidentifiedImageError
 # The normalisation VMamba was trained with (ImageNet statistics).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What transparent pixels are laid on: white, as a web page shows an image. A new run lists
+# the images it composited (compute extract).
+BACKGROUND = (255, 255, 255)
+# 16-bit grayscale, as Pillow (>= 10.3) opens PNG and TIFF files: scaled to 8 bits.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# 32-bit pixels, integer or float, have no known range: refused rather than guessed.
+UNKNOWN_RANGE_MODES = ("I", "F")
+
+T = TypeVar("T")
 
 
 class ImageSourceError(ValueError):
     """A source that does not exist or holds too few readable images."""
+
+
+def transparent(image: Image.Image) -> bool:
+    """Whether ``image`` has transparency: an alpha band, or a palette or colour key with one."""
+    return bool({"A", "a"} & set(image.getbands())) or "transparency" in image.info
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB, as the models take it. ``convert("RGB")`` alone would clip 16-bit grayscale
+    to 255 (most of such an image turns white) and drop transparency; here 16-bit grayscale
+    is scaled (65535 -> 255) and transparent pixels are composited on :data:`BACKGROUND`.
+
+    Raises
+    ------
+    ValueError
+        32-bit pixels (modes ``I``, ``F``), whose range is unknown.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        return Image.fromarray(np.rint(np.asarray(image) / 257).astype(np.uint8)).convert("RGB")
+    if image.mode in UNKNOWN_RANGE_MODES:
+        raise ValueError(
+            f"32-bit pixels (mode {image.mode}) have no known range; save the image with 8 or "
+            "16 bits per channel"
+        )
+    if transparent(image):
+        background = Image.new("RGBA", image.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
 
 
 @dataclass(frozen=True)
@@ -35,9 +73,9 @@ class ImageFile:
     path: Path | None
     read: Callable[[], Image.Image] | None = field(default=None, compare=False, repr=False)
 
-    def open(self) -> Image.Image:
-        """The image, fully decoded, in RGB."""
-        return self.read().convert("RGB") if self.read is not None else load_image(self.path)
+    def open(self, convert: Callable[[Image.Image], T] = to_rgb) -> T:
+        """``convert`` of the image as decoded (default :func:`to_rgb`: 8-bit RGB)."""
+        return convert(self.read()) if self.read is not None else load_image(self.path, convert)
 
 
 @dataclass(frozen=True)
@@ -49,11 +87,13 @@ class LabelledImage:
 
 @dataclass(frozen=True)
 class Selection:
-    """The images chosen from a source, and the files passed over as ``"id: reason"``."""
+    """The images chosen from a source, the files passed over as ``"id: reason"``, and the
+    ids of chosen images whose transparency is composited on :data:`BACKGROUND`."""
 
     source: str
     images: list[ImageFile]
     skipped: list[str] = field(default_factory=list)
+    composited: list[str] = field(default_factory=list)
 
 
 def _sklearn_photographs() -> list[ImageFile]:
@@ -136,15 +176,19 @@ def select_images(source: str | Path, n: int | None = None) -> Selection:
     Raises
     ------
     ImageSourceError
-        The source does not exist, has no readable image, or fewer than ``n``.
+        ``n`` is below 1, or the source does not exist, has no readable image, or fewer
+        than ``n``.
     """
     source = resolve_source(source)
-    chosen, skipped = [], []
+    if n is not None and n < 1:  # not "no image", and not "all" for a negative n
+        raise ImageSourceError(f"{source}: n must be at least 1 image (None: all), got {n}")
+    chosen, skipped, composited = [], [], []
     for file in list_files(source):
         if n is not None and len(chosen) == n:
             break
         try:
-            file.open()
+            if file.open(_convertible_and_transparent):
+                composited.append(file.image_id)
         except UnidentifiedImageError:
             skipped.append(f"{file.image_id}: not an image")
         except (OSError, ValueError, Image.DecompressionBombError) as err:
@@ -155,14 +199,19 @@ def select_images(source: str | Path, n: int | None = None) -> Selection:
         found = f"only {len(chosen)} readable images, {n} asked for" if chosen else "no image"
         passed_over = f"; skipped {len(skipped)}: {', '.join(skipped[:5])}" if skipped else ""
         raise ImageSourceError(f"{source}: {found}{passed_over}")
-    return Selection(source, chosen, skipped)
+    return Selection(source, chosen, skipped, composited)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file completely and convert it to RGB."""
+def _convertible_and_transparent(image: Image.Image) -> bool:
+    to_rgb(image)  # what a worker will do, so that a refusal is a skipped file, not a failure
+    return transparent(image)
+
+
+def load_image(path: str | Path, convert: Callable[[Image.Image], T] = to_rgb) -> T:
+    """Decode an image file completely; ``convert`` of it (default :func:`to_rgb`)."""
     with Image.open(path) as image:
         image.load()
-        return image.convert("RGB")
+        return convert(image)
 
 
 def sample_images(source: str = "photos") -> list[LabelledImage]:
@@ -171,8 +220,8 @@ def sample_images(source: str = "photos") -> list[LabelledImage]:
 
 
 def centre_crop(image: Image.Image, size: int) -> Image.Image:
-    """RGB, shorter side resized to ``size``, centre ``size`` x ``size`` crop."""
-    image = image.convert("RGB")
+    """8-bit RGB (:func:`to_rgb`), shorter side resized to ``size``, centre crop."""
+    image = to_rgb(image)
     scale = size / min(image.size)
     width, height = (max(size, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.Resampling.BICUBIC)

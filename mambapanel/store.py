@@ -29,7 +29,8 @@ Group ``stage{s}`` for every s in ``stages``
     attention       (image, block, query, key) float16 | float32, NaN until written
     attention_mean  (block, query, key) float32: the exact mean over images, NaN until final
     partial_sum     (shard, block, query, key) float64: scratch while extracting, one sum per
-                    shard; removed when the run is finalised
+                    shard; removed when the run is finalised (what a kill during that
+                    removal leaves, the next finalise or open removes)
 Group ``findings`` (added by ``python -m compute findings``; absent before)
     attrs: findings_version, mambapanel_version, created, order, compared_orders, seeds
     ``findings/stage{s}`` per stage: the study's findings in numbers (block separation,
@@ -101,6 +102,7 @@ IDENTITY_ATTRS = (
     "reduce",
     "dtype",
     "shard_size",
+    "batch_size",  # float32 rounding differs with the batch: a mixed run equals no clean one
 )
 QUERY_KEY_COORDINATES = "query_row query_col key_row key_col"
 
@@ -292,7 +294,8 @@ def _create_stage(
 
 
 def check_run(path: str | Path) -> zarr.Group:
-    """Validate the run at ``path`` and return its root group (read-only).
+    """Validate the run at ``path`` and return its root group (read-only). A complete run's
+    scratch sums, left by a kill during :func:`finalise`, are removed first.
 
     Raises
     ------
@@ -317,6 +320,8 @@ def check_run(path: str | Path) -> zarr.Group:
             f"{root.attrs.get('mambapanel_version')}); this mambapanel {__version__} reads "
             f"format_version {FORMAT_VERSION}"
         )
+    if root.attrs.get("complete"):
+        _remove_scratch(path, root.attrs["stages"])  # before zarr lists the stage groups
     _require(path, root, "/", ROOT_VARIABLES)
     stage_variables = (
         STAGE_VARIABLES if root.attrs["complete"] else (*STAGE_VARIABLES, "partial_sum")
@@ -474,14 +479,23 @@ def finalise(path: str | Path) -> None:
                     total += partial[shard, block]
                 mean[block] = (total / attrs["n_images"]).astype(np.float32)
         root.attrs["complete"] = True
-    for stage in attrs["stages"]:
-        group = root[f"stage{stage}"]
-        if "partial_sum" in group:
-            del group["partial_sum"]
+    _remove_scratch(path, attrs["stages"])
     # A write killed midway leaves the temporary file of zarr's LocalStore beside its
     # target (``<name>.<uuid>.partial``, renamed into place when complete).
     for stray in Path(path).rglob("*.partial"):
         stray.unlink()
+
+
+def _remove_scratch(path: str | Path, stages: Sequence[int]) -> None:
+    """Delete the ``partial_sum`` arrays of a complete run (up to GBs), or what is left of them.
+
+    As files, not through zarr: a removal killed midway may leave chunks without the array's
+    ``zarr.json``, which zarr no longer sees as an array (it warns at every listing instead).
+    Errors are ignored: a reader without write access leaves them to the owner's next open,
+    and two processes may remove at once.
+    """
+    for stage in stages:
+        shutil.rmtree(Path(path, f"stage{stage}", "partial_sum"), ignore_errors=True)
 
 
 def _array(path: str | Path, name: str) -> zarr.Array:

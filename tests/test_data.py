@@ -87,6 +87,65 @@ def test_demo_source_is_the_held_out_digits_in_memory():
     assert np.asarray(first).max() > 200 and np.asarray(first).min() == 0
 
 
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path):
+    gradient = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    Image.fromarray(gradient).save(tmp_path / "depth.png")  # a 16-bit grayscale PNG
+    with Image.open(tmp_path / "depth.png") as stored:
+        assert stored.mode == "I;16"
+    pixels = np.asarray(data.load_image(tmp_path / "depth.png"))
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    expected = np.rint(gradient / 257).astype(np.uint8)  # 65535 -> 255
+    for channel in range(3):
+        np.testing.assert_array_equal(pixels[..., channel], expected)
+    assert (pixels == 255).mean() < 0.01  # convert("RGB") alone: 99.6 % white
+
+
+def test_transparency_is_composited_on_the_stated_background_and_listed(tmp_path, capsys):
+    from compute.extract import report_selection
+
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[:2] = (200, 0, 0, 255)  # opaque red
+    rgba[2] = (200, 0, 0, 100)  # partly transparent red
+    rgba[3] = (0, 0, 0, 0)  # transparent (black underneath, as often stored)
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([0, 0, 0, 10, 20, 30])
+    palette.paste(1, (0, 0, 4, 2))
+    palette.save(tmp_path / "b.png", transparency=0)  # index 0 (black) is transparent
+    write_image(tmp_path / "c.png")
+    selection = data.select_images(tmp_path)
+    assert selection.composited == ["a.png", "b.png"] and selection.skipped == []
+
+    white = np.array(data.BACKGROUND, np.float64)
+    pixels = np.asarray(data.load_image(tmp_path / "a.png")).astype(np.float64)
+    np.testing.assert_array_equal(pixels[:2], np.full((2, 4, 3), (200, 0, 0)))
+    partly = (np.array([200, 0, 0]) * 100 + white * 155) / 255
+    np.testing.assert_allclose(pixels[2], np.broadcast_to(partly, (4, 3)), atol=1)
+    np.testing.assert_array_equal(pixels[3], np.broadcast_to(white, (4, 3)))
+    pixels = np.asarray(data.load_image(tmp_path / "b.png"))
+    np.testing.assert_array_equal(pixels[:2], np.full((2, 4, 3), (10, 20, 30), np.uint8))
+    np.testing.assert_array_equal(pixels[2:], np.full((2, 4, 3), 255, np.uint8))
+
+    report_selection(selection)
+    assert (
+        "2 images have transparency: the model sees them laid on the background RGB "
+        "(255, 255, 255): a.png, b.png"
+    ) in capsys.readouterr().out
+
+
+def test_32_bit_images_of_unknown_range_are_skipped_with_the_reason(tmp_path):
+    Image.fromarray(np.full((8, 8), 1000.5, np.float32)).save(tmp_path / "f.tif")
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "i.tif")
+    write_image(tmp_path / "ok.png")
+    selection = data.select_images(tmp_path)
+    assert [image.image_id for image in selection.images] == ["ok.png"]
+    assert selection.skipped == [
+        f"{name}.tif: unreadable (32-bit pixels (mode {mode}) have no known range; save the "
+        "image with 8 or 16 bits per channel)"
+        for name, mode in (("f", "F"), ("i", "I"))
+    ]
+
+
 def test_thumbnail_is_the_model_crop():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), np.uint8))
     thumb = data.thumbnail(image, 16)

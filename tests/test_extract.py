@@ -170,6 +170,14 @@ def test_a_complete_run_is_left_as_it_is_and_other_weights_are_refused(
         extract.extract_shard(run, 0, batch_size=2)
 
 
+def test_a_resume_with_another_batch_size_is_refused_by_name(run, folder, capsys):
+    """Batches of 2 and of 3 round differently in float32: finishing a run with another
+    batch size would give a run equal to neither clean one."""
+    options = ["--batch-size", "3", "--shard-size", "4", "--pool", "0:2", "--dtype", "float16"]
+    assert main(extract_args(run, folder, *options)) == 2
+    assert "batch_size: the run has 2, asked for 3" in capsys.readouterr().err
+
+
 def count_done(out):
     try:
         return int(np.count_nonzero(zarr.open_array(out, path="done", mode="r")[...]))

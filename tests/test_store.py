@@ -3,6 +3,9 @@ finalisation, resumable bookkeeping, and the errors of open_run."""
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -112,6 +115,50 @@ def test_written_regions_done_flags_and_exact_mean(tmp_path):
         np.testing.assert_array_equal(group["attention_mean"].values, exact)
 
 
+# Runs `store.finalise(RUN)` and SIGKILLs itself right after the removal of the scratch sums
+# has deleted the first `partial_sum/zarr.json`: from then on zarr no longer sees that
+# directory as an array, whatever chunks it still holds.
+KILLED_IN_CLEAN_UP = """
+import os, signal, sys
+from mambapanel import store
+
+unlink = os.unlink
+
+def unlink_then_die(name, *args, dir_fd=None, **kwargs):
+    unlink(name, *args, dir_fd=dir_fd, **kwargs)
+    folder = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else name
+    if name.endswith("zarr.json") and "partial_sum" in folder:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.unlink = unlink_then_die
+store.finalise(sys.argv[1])
+"""
+
+
+def test_scratch_sums_left_by_a_kill_during_their_removal_go_at_the_next_open_or_run(tmp_path):
+    path = make_run(tmp_path / "run")
+    written = fill_run(path)
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_CLEAN_UP, str(path)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert zarr.open_group(path, mode="r").attrs["complete"]  # the mean was written first
+    stage0 = path / "stage0" / "partial_sum"
+    assert stage0.is_dir() and not (stage0 / "zarr.json").exists()
+    assert (path / "stage1" / "partial_sum" / "zarr.json").exists()  # not reached
+    rerun = shutil.copytree(path, tmp_path / "rerun")
+
+    def assert_clean_and_exact(path):
+        assert not list(path.glob("stage*/partial_sum"))
+        tree = store.open_run(path)  # no zarr warning (an error here) about the left-overs
+        for layout in LAYOUTS:
+            exact = written[layout.stage].astype(np.float64).mean(0).astype(np.float32)
+            np.testing.assert_array_equal(tree[f"stage{layout.stage}"]["attention_mean"], exact)
+
+    store.open_run(path)  # what a dashboard or `compute reduce` does first
+    assert_clean_and_exact(path)
+    store.finalise(rerun)  # what the extraction command run again ends with
+    assert_clean_and_exact(rerun)
+
+
 def test_finalise_refuses_a_run_with_images_not_done(tmp_path):
     path = make_run(tmp_path / "run")
     with pytest.raises(store.RunError, match="5 of 5 images are not done"):
@@ -120,7 +167,8 @@ def test_finalise_refuses_a_run_with_images_not_done(tmp_path):
 
 def test_compatible_and_incompatible_restarts(tmp_path):
     path = make_run(tmp_path / "run", checkpoint="/a.pth", checkpoint_sha256="aaa")
-    store.check_compatible(path, {"model": "m", "order": "cross", "batch_size": 99})
+    # The checkpoint's path may change (a moved file); its hash may not.
+    store.check_compatible(path, {"model": "m", "order": "cross", "checkpoint": "/moved/a.pth"})
     asked = {"order": "morton", "checkpoint": "/b.pth", "checkpoint_sha256": "bbb"}
     with pytest.raises(store.RunError) as err:
         store.check_compatible(path, asked)

@@ -274,8 +274,7 @@ def route_attention(
     if reduce == "absmean":
         if N > 1:
             raise NotImplementedError(
-                "absmean with N > 1 does not factor (|Σ_n ...| per channel): use the tiled "
-                "backend"
+                "absmean with N > 1 does not factor (|Σ_n ...| per channel): use the tiled backend"
             )
         # N = 1: only C[t] and B[s] carry a sign, |α_d| = |C| · exp(..) Δ · |B|.
         B, C = B.abs(), C.abs()

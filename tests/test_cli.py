@@ -1,0 +1,48 @@
+"""The command line refuses bad numbers by value, naming the option, before any work: a
+usage error (exit status 2), not a traceback, a hang or a silently different run."""
+
+import pytest
+
+from compute.__main__ import main
+from mambapanel import data
+
+EXTRACT = ["extract", "--out", "never-written"]
+TRAIN = ["train", "--out", "never-written.pth"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "refused"),
+    [
+        ([*EXTRACT, "--n", "0"], "argument --n: expected an integer >= 1, got '0'"),
+        ([*EXTRACT, "--n", "-1"], "argument --n: expected an integer >= 1, got '-1'"),
+        ([*EXTRACT, "--batch-size", "0"], "argument --batch-size: expected an integer >= 1"),
+        ([*EXTRACT, "--shard-size", "0"], "argument --shard-size: expected an integer >= 1"),
+        ([*EXTRACT, "--workers", "0"], "argument --workers: expected an integer >= 1"),
+        ([*EXTRACT, "--size", "0"], "argument --size: expected an integer >= 1, got '0'"),
+        ([*EXTRACT, "--n", "two"], "argument --n: expected an integer >= 1, got 'two'"),
+        (["reduce", "run", "--seed", "-1"], "argument --seed: expected 0..4294967295, got"),
+        ([*TRAIN, "--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+        ([*TRAIN, "--batch-size", "0"], "argument --batch-size: expected an integer >= 1"),
+        ([*TRAIN, "--size", "0"], "argument --size: expected an integer >= 1, got '0'"),
+        ([*TRAIN, "--lr", "0"], "argument --lr: expected a number > 0, got '0'"),
+        ([*TRAIN, "--lr", "nan"], "argument --lr: expected a number > 0, got 'nan'"),
+        (["demo", "--n", "0"], "argument --n: expected an integer >= 1, got '0'"),
+        (["demo", "--workers", "0"], "argument --workers: expected an integer >= 1, got '0'"),
+        (["demo", "--port", "0"], "argument --port: expected 1..65535, got '0'"),
+        (["serve", "run", "--port", "65536"], "argument --port: expected 1..65535, got '65536'"),
+    ],
+)
+def test_bad_numbers_are_refused_by_name(argv, refused, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    assert f"error: {refused}" in capsys.readouterr().err
+
+
+def test_select_images_refuses_n_below_one():
+    for n in (0, -1):
+        with pytest.raises(
+            data.ImageSourceError, match=f"photos: n must be at least 1 image .*{n}"
+        ):
+            data.select_images("photos", n)
+    assert len(data.select_images("photos", 1).images) == 1
