@@ -8,7 +8,7 @@ import sys
 from compute import serve as serving
 from compute.arguments import POSITIVE, integer, positive_float
 from mambapanel import data, models, orders, store
-from mambapanel.extract import BATCH_SIZE, REDUCTIONS, SHARD_SIZE
+from mambapanel.extract import BATCH_SIZE, CHANNELS, SHARD_SIZE
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -55,7 +55,7 @@ def extract(args: argparse.Namespace) -> int:
         image_size=args.size,
         stages=args.stages,
         pool=args.pool,
-        reduce=args.reduce,
+        channels=args.channels,
         dtype=args.dtype,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
@@ -175,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         help="of per-image matrices (default float32; float16 halves the disk but keeps only "
         "~3 digits, and fewer below 6e-5)",
     )
-    p.add_argument("--reduce", default="mean", choices=REDUCTIONS, help="over channels")
+    p.add_argument(
+        "--channels",
+        default="mean",
+        choices=CHANNELS,
+        help="how the attention of a block's channels becomes one matrix: their mean, or "
+        "the mean of their magnitudes (default mean)",
+    )
     p.add_argument(
         "--batch-size",
         type=POSITIVE,

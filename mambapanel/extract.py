@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mambapanel import attention, data, models, store
 
-REDUCTIONS = ("mean", "absmean")
+CHANNELS = ("mean", "absmean")  # how the D channels' matrices become one (run attr)
 BATCH_SIZE = 8  # images per forward pass
 SHARD_SIZE = 16  # images per task: the unit of resume, one float64 sum per block on disk
 
@@ -39,7 +39,7 @@ def plan_run(
     image_size: int = 224,
     stages: Sequence[int] | None = None,
     pool: int | Mapping[int, int] | None = None,
-    reduce: str = "mean",
+    channels: str = "mean",
     dtype: str = "float32",
     shard_size: int = SHARD_SIZE,
     batch_size: int = BATCH_SIZE,
@@ -56,8 +56,8 @@ def plan_run(
     seed : seeds the random weights when there is no checkpoint (every worker builds the
         same model from it).
     """
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
     if dtype not in store.DTYPES:
         raise ValueError(f"dtype must be one of {store.DTYPES}, got {dtype!r}")
     if shard_size < 1 or batch_size < 1:
@@ -91,7 +91,7 @@ def plan_run(
         "image_source": data.resolve_source(image_source),
         "image_size": image_size,
         **store.layout_attrs(layouts),
-        "reduce": reduce,
+        "channels": channels,
         "dtype": dtype,
         "shard_size": shard_size,
         "batch_size": batch_size,
@@ -199,7 +199,7 @@ def extract_shard(path: str | Path, shard: int, batch_size: int) -> int:
             for layout in run.layouts:
                 for block in range(layout.n_blocks):
                     matrices = cap.attention(
-                        stage=layout.stage, block=block, reduce=attrs["reduce"]
+                        stage=layout.stage, block=block, reduce=attrs["channels"]
                     )
                     matrices = pool_attention(matrices, layout.full_grid, layout.pool)
                     sums[layout.stage][block] += matrices.numpy().sum(0, dtype=np.float64)

@@ -9,9 +9,10 @@ Root group
         model, model_config (JSON string), checkpoint, checkpoint_sha256 (both null for
         random weights), seed (of the random weights; null with a checkpoint), order,
         image_source ("demo" or an absolute directory), image_size, n_images, skipped_files
-        (["image_id: reason", ...]), reduce ("mean" | "absmean"), dtype ("float16" |
-        "float32"), stages ([s, ...]), pool (one factor per stage in ``stages``), shard_size
-        (images per task), batch_size (images per forward pass)
+        (["image_id: reason", ...]), channels ("mean" | "absmean": how the attention of
+        the D channels became one matrix; runs of mambapanel 0.1 call it ``reduce``), dtype
+        ("float16" | "float32"), stages ([s, ...]), pool (one factor per stage in
+        ``stages``), shard_size (images per task), batch_size (images per forward pass)
     image       (image,) int64              index coordinate 0 .. n-1
     image_id    (image,) str                coordinate: the file's path relative to the source
     label       (image,) str                coordinate: its class folder, "" in a flat folder
@@ -99,12 +100,14 @@ IDENTITY_ATTRS = (
     "n_images",
     "stages",
     "pool",
-    "reduce",
+    "channels",
     "dtype",
     "shard_size",
     "batch_size",  # float32 rounding differs with the batch: a mixed run equals no clean one
 )
 QUERY_KEY_COORDINATES = "query_row query_col key_row key_col"
+# Root attrs renamed since runs were first written, old name -> new: an old run still opens.
+RENAMED_ATTRS = {"reduce": "channels"}
 
 
 class RunError(ValueError):
@@ -364,7 +367,18 @@ def open_run(path: str | Path, *, allow_incomplete: bool = False) -> xr.DataTree
         )
     import xarray as xr
 
-    return xr.open_datatree(path, engine="zarr", consolidated=False)
+    tree = xr.open_datatree(path, engine="zarr", consolidated=False)
+    tree.attrs = run_attrs(tree.attrs)
+    return tree
+
+
+def run_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's root attrs under today's names (:data:`RENAMED_ATTRS`)."""
+    current = dict(attrs)
+    for old, new in RENAMED_ATTRS.items():
+        if old in current and new not in current:
+            current[new] = current.pop(old)
+    return current
 
 
 def check_compatible(path: str | Path, attrs: Mapping[str, Any]) -> None:
@@ -372,7 +386,7 @@ def check_compatible(path: str | Path, attrs: Mapping[str, Any]) -> None:
 
     Every key of :data:`IDENTITY_ATTRS` present in ``attrs`` must equal the stored value.
     """
-    stored = dict(check_run(path).attrs)
+    stored = run_attrs(check_run(path).attrs)
     asked = json.loads(json.dumps(dict(attrs)))  # tuples -> lists, as the store holds them
     differences = []
     for key in IDENTITY_ATTRS:
@@ -407,7 +421,7 @@ def read_run(path: str | Path) -> RunInfo:
         full_grid = (attrs["full_grid_height"], attrs["full_grid_width"])
         layouts.append(StageLayout(stage, attrs["n_blocks"], full_grid, attrs["pool"]))
     image_ids = [str(image_id) for image_id in root["image_id"][...]]
-    return RunInfo(dict(root.attrs), layouts, image_ids)
+    return RunInfo(run_attrs(root.attrs), layouts, image_ids)
 
 
 def pending_shards(path: str | Path) -> list[int]:

@@ -116,7 +116,7 @@ def test_attention_mean_is_the_exact_float64_mean_not_the_float16_one(run, folde
 
 def test_float32_run_mean_is_the_mean_of_its_stored_matrices(tmp_path, folder, scheduler):
     out = tmp_path / "run32"
-    options = ["--stages", "2,3", "--n", "3", "--reduce", "absmean"]  # float32 by default
+    options = ["--stages", "2,3", "--n", "3", "--channels", "absmean"]  # float32 by default
     assert main([*extract_args(out, folder, *options), "--scheduler", scheduler]) == 0
     tree = store.open_run(out)
     assert tree.attrs["stages"] == [2, 3] and set(tree.children) == {"stage2", "stage3"}

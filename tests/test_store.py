@@ -177,6 +177,18 @@ def test_compatible_and_incompatible_restarts(tmp_path):
     assert "'aaa' (checkpoint /a.pth), asked for 'bbb' (checkpoint /b.pth)" in message
 
 
+def test_a_run_that_calls_its_channel_mode_reduce_reads_as_channels(tmp_path):
+    """Runs of mambapanel 0.1 stored the channel mode as ``reduce``; they open and resume
+    under today's name, ``channels``."""
+    path = make_run(tmp_path / "run", reduce="absmean")
+    assert "channels" not in zarr.open_group(path, mode="r").attrs
+    assert store.read_run(path).attrs["channels"] == "absmean"
+    assert store.open_run(path, allow_incomplete=True).attrs["channels"] == "absmean"
+    store.check_compatible(path, {"channels": "absmean"})
+    with pytest.raises(store.RunError, match="channels: the run has 'absmean', asked for 'mean'"):
+        store.check_compatible(path, {"channels": "mean"})
+
+
 def test_create_refuses_an_existing_path_and_clears_a_killed_creation(tmp_path):
     (tmp_path / ".run.creating" / "junk").mkdir(parents=True)
     make_run(tmp_path / "run")
