@@ -8,6 +8,7 @@ import sys
 from compute import serve as serving
 from compute.arguments import POSITIVE, integer, positive_float
 from mambapanel import data, models, orders, store
+from mambapanel.errors import MambapanelError
 from mambapanel.extract import BATCH_SIZE, CHANNELS, SHARD_SIZE
 
 
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except ValueError as err:  # RunError, ImageSourceError, CheckpointError: user-facing
+    except MambapanelError as err:  # what the user can act on; anything else is a bug
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mambapanel import models, store
+from mambapanel.errors import MambapanelError
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "mambapanel" / "checkpoints"
@@ -26,7 +27,7 @@ DEMO_IMAGES = 64
 DEMO_METHODS = ("pca", "tsne", "umap")
 
 
-class DemoError(ValueError):
+class DemoError(MambapanelError, ValueError):
     """A demo that cannot be built (a missing checkpoint, a run made with other options)."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from compute.arguments import PORT
 from mambapanel import store
+from mambapanel.errors import MambapanelError
 from mambapanel.hosts import ALLOWED_HOSTS_VARIABLE, LOOPBACK_HOSTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ WILDCARD_ADDRESSES = ("0.0.0.0", "::")
 COOKIE_SECRET_VARIABLE = "PANEL_COOKIE_SECRET"
 
 
-class ServeError(ValueError):
+class ServeError(MambapanelError, ValueError):
     """Serving options that cannot work together."""
 
 

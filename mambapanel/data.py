@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mambapanel.errors import MambapanelError
+
 # The normalisation VMamba was trained with (ImageNet statistics).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +32,7 @@ UNKNOWN_RANGE_MODES = ("I", "F")
 T = TypeVar("T")
 
 
-class ImageSourceError(ValueError):
+class ImageSourceError(MambapanelError, ValueError):
     """A source that does not exist or holds too few readable images."""
 
 

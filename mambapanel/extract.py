@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mambapanel import attention, data, models, store
+from mambapanel.errors import OptionError
 
 CHANNELS = ("mean", "absmean")  # how the D channels' matrices become one (run attr)
 BATCH_SIZE = 8  # images per forward pass
@@ -57,11 +58,11 @@ def plan_run(
         same model from it).
     """
     if channels not in CHANNELS:
-        raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
+        raise OptionError(f"channels must be one of {CHANNELS}, got {channels!r}")
     if dtype not in store.DTYPES:
-        raise ValueError(f"dtype must be one of {store.DTYPES}, got {dtype!r}")
+        raise OptionError(f"dtype must be one of {store.DTYPES}, got {dtype!r}")
     if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
+        raise OptionError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
     checkpoint = None if checkpoint is None else str(Path(checkpoint).resolve())
     network = build_model(model, checkpoint, order, None if checkpoint else seed)
     grids = stage_grids(network, image_size)
@@ -69,14 +70,14 @@ def plan_run(
     pool = {stage: pool for stage in stages} if isinstance(pool, int) else dict(pool or {})
     unknown = sorted(set(stages).union(pool) - set(grids))
     if unknown:
-        raise ValueError(
+        raise OptionError(
             f"{model} has stages {sorted(grids)}; asked for stage(s) {unknown} (--stages/--pool)"
         )
     layouts = []
     for stage in stages:
         factor = pool.get(stage, 1)
         if not 1 <= factor <= min(grids[stage]):
-            raise ValueError(
+            raise OptionError(
                 f"pool factor {factor} for stage {stage} must lie in 1..{min(grids[stage])} "
                 f"(its grid is {grids[stage][0]}x{grids[stage][1]} at {image_size} px)"
             )

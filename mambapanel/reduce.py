@@ -29,6 +29,7 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from mambapanel.errors import OptionError
 from mambapanel.randomized_pca import (
     OVERSAMPLES,
     POWER_ITERATIONS,
@@ -92,15 +93,15 @@ def embedding_params(
         An unknown method or parameter, or fewer than 3 points.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise OptionError(f"method must be one of {METHODS}, got {method!r}")
     if n_points < 3:
-        raise ValueError(
+        raise OptionError(
             f"{method} needs at least 3 points, got {n_points} (features of shape "
             f"({n_points}, {n_features}))"
         )
     if method == "pca":
         if params:
-            raise ValueError(f"pca takes no parameters, got {sorted(params)}")
+            raise OptionError(f"pca takes no parameters, got {sorted(params)}")
         return {
             "seed": seed,
             "solver": "randomized",
@@ -110,7 +111,7 @@ def embedding_params(
     defaults = _TSNE_DEFAULTS if method == "tsne" else _UMAP_DEFAULTS
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise ValueError(f"{method} takes parameters {sorted(defaults)}, got unknown {unknown}")
+        raise OptionError(f"{method} takes parameters {sorted(defaults)}, got unknown {unknown}")
     resolved = {**defaults, **params}
     if method == "tsne":
         resolved["perplexity"] = min(float(resolved["perplexity"]), max(1.0, (n_points - 1) / 3))
@@ -243,17 +244,17 @@ def reduce_run(
     ------
     mambapanel.store.RunError
         ``path`` is not a complete run.
-    ValueError
+    mambapanel.errors.OptionError
         An unknown method or parameter, or a stage that the run does not store.
     """
     methods = list(dict.fromkeys(methods))
     for method in methods:
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise OptionError(f"method must be one of {METHODS}, got {method!r}")
     method_params = dict(method_params or {})
     unknown = sorted(set(method_params) - set(methods))
     if unknown:
-        raise ValueError(f"method_params for {unknown}, which are not among methods {methods}")
+        raise OptionError(f"method_params for {unknown}, which are not among methods {methods}")
     open_run(path)  # the validation: a complete run of a format this version reads
     # open_run's variables load whole into a memory cache on first use; chunks={} keeps them
     # lazy (dask, one zarr chunk per dask chunk), so that PCA streams the attention.
@@ -262,7 +263,7 @@ def reduce_run(
     stages = stored_stages if stages is None else list(stages)
     missing = sorted(set(stages) - set(stored_stages))
     if missing:
-        raise ValueError(f"{path}: stores stages {stored_stages}, not {missing}")
+        raise OptionError(f"{path}: stores stages {stored_stages}, not {missing}")
     with tqdm(
         total=len(stages) * len(methods), desc="reduce", unit="embedding", disable=not progress
     ) as bar:

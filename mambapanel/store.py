@@ -67,6 +67,7 @@ import zarr
 import zarr.errors
 
 from mambapanel import __version__
+from mambapanel.errors import MambapanelError, OptionError, check_writable_folder
 
 if TYPE_CHECKING:  # xarray is imported where a run is opened: a dashboard reads zarr alone
     import xarray as xr
@@ -110,7 +111,7 @@ QUERY_KEY_COORDINATES = "query_row query_col key_row key_col"
 RENAMED_ATTRS = {"reduce": "channels"}
 
 
-class RunError(ValueError):
+class RunError(MambapanelError, ValueError):
     """A path that is not a usable run: missing, not a run, incomplete, incompatible."""
 
 
@@ -194,9 +195,10 @@ def create_run(
     """
     path = Path(path)
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        raise OptionError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if path.exists():
         raise RunError(f"{path}: already exists; a new run needs a new path")
+    check_writable_folder(path.parent, f"run {path}")
     building = path.with_name(f".{path.name}.creating")
     shutil.rmtree(building, ignore_errors=True)  # the leftover of a killed creation
     n = len(images)

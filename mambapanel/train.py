@@ -32,12 +32,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mambapanel import data, datasets, models, orders
+from mambapanel.errors import MambapanelError, check_writable_folder
 from mambapanel.models.vmamba import SS2D, VSSM
 
 STORAGE_DTYPES = ("float32", "float16")
 
 
-class TrainError(ValueError):
+class TrainError(MambapanelError, ValueError):
     """A training run that cannot start: a bad setting or an output that cannot be written."""
 
 
@@ -87,17 +88,7 @@ def check_output(out: Path) -> None:
         )
     if out.is_dir():
         raise TrainError(f"{out}: is a directory; give the checkpoint file to write")
-    folder = out.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TrainError(f"{out}: cannot create its folder {folder} ({err.strerror})") from err
-    probe = folder / f".{out.name}.write-test"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise TrainError(f"{out}: cannot write in {folder} ({err.strerror})") from err
+    check_writable_folder(out.parent, str(out))
 
 
 def _tensors(split: datasets.Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 VMamba layers with realistic (trained-like) scan parameters."""
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,17 @@ def make_ss2d(
         layer.dt_projs_bias.uniform_(-4.0, 0.5)  # Δ from ~0.02 to ~1
         layer.Ds.normal_()
     return layer
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write in: root writes through permission bits, and
+    sysfs refuses everyone."""
+    if os.geteuid() == 0:
+        return Path("/sys/kernel")
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o555)
+    return folder
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """The command line refuses bad numbers by value, naming the option, before any work: a
 usage error (exit status 2), not a traceback, a hang or a silently different run."""
 
+import re
+
 import pytest
 
 from compute.__main__ import main
@@ -46,3 +48,39 @@ def test_select_images_refuses_n_below_one():
         ):
             data.select_images("photos", n)
     assert len(data.select_images("photos", 1).images) == 1
+
+
+@pytest.mark.parametrize("where", ["read-only", "a-file"])
+def test_outputs_that_cannot_be_written_are_named_errors(
+    where, small_run, read_only_folder, tmp_path, capsys
+):
+    """extract, findings and train: one line naming the output, exit 2, no traceback, before
+    any work (a read-only extract output fails before its cluster starts)."""
+    (tmp_path / "file").write_text("x")
+    parent = read_only_folder if where == "read-only" else tmp_path / "file"
+    expected = r"cannot (write in|create the folder)" if where == "read-only" else "is a file;"
+    commands = [
+        ["extract", "--images", "photos", "--n", "1", "--size", "32", "--out", f"{parent}/run"],
+        ["findings", str(small_run), "--out", f"{parent}/report"],
+        ["train", "--epochs", "1", "--out", f"{parent}/model.pth"],
+    ]
+    if where == "a-file":  # findings --out naming a regular file
+        commands.append(["findings", str(small_run), "--out", str(tmp_path / "file")])
+    for argv in commands:
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and re.search(expected, error), (argv, error)
+        assert "Traceback" not in error
+
+
+def test_a_bug_is_not_reported_as_a_user_error(monkeypatch):
+    """Only MambapanelError is a one-line user error: any other exception, a ValueError
+    included, ends in its traceback."""
+    import compute.__main__ as cli
+
+    def broken(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli, "reduce", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["reduce", "some-run"])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -104,16 +101,6 @@ def test_train_command_line_writes_safetensors(tiny, tmp_path):
                        tensors["classifier.head.weight"].float())  # fmt: skip
 
 
-def read_only_folder(tmp_path):
-    """A folder this process cannot write in: root writes through permission bits, and
-    sysfs refuses everyone."""
-    if os.geteuid() == 0:
-        return Path("/sys/kernel")
-    folder = tmp_path / "locked"
-    folder.mkdir(mode=0o555)
-    return folder
-
-
 @pytest.fixture
 def no_training(monkeypatch):
     """Training that fails loudly if it starts: each refusal below must come first."""
@@ -128,16 +115,18 @@ def no_training(monkeypatch):
     "where, message",
     [
         ("read-only", "cannot write in"),
-        ("under-a-file", "cannot create its folder"),
+        ("under-a-file", "is a file; a folder is needed there"),
         ("a-folder", "is a directory"),
         ("no-suffix", "a checkpoint's name ends in one of .pth, .pt, .safetensors"),
     ],
 )
-def test_train_checks_its_output_before_training(where, message, no_training, tmp_path, capsys):
+def test_train_checks_its_output_before_training(
+    where, message, no_training, read_only_folder, tmp_path, capsys
+):
     (tmp_path / "file").write_text("x")
     (tmp_path / "folder.pth").mkdir()
     out = {
-        "read-only": read_only_folder(tmp_path) / "m.pth",
+        "read-only": read_only_folder / "m.pth",
         "under-a-file": tmp_path / "file" / "m.pth",
         "a-folder": tmp_path / "folder.pth",
         "no-suffix": tmp_path / "model",

@@ -50,6 +50,7 @@ import xarray as xr
 import zarr
 
 from mambapanel import __version__
+from mambapanel.store import RunError
 
 FINDINGS_VERSION = 1
 GROUP = "findings"
@@ -115,7 +116,7 @@ def read_findings(tree: xr.DataTree, name: str) -> Findings | None:
     if version is None:  # a write that did not finish
         return None
     if version != FINDINGS_VERSION:
-        raise ValueError(
+        raise RunError(
             f"{name}: findings format version {version} (written by mambapanel "
             f"{node.attrs.get('mambapanel_version')}); this mambapanel reads version "
             f"{FINDINGS_VERSION}: run `python -m compute findings` on it again"

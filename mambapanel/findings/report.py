@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mambapanel.errors import OptionError, check_writable_folder
 from mambapanel.findings.figures import heatmap, locality_figure
 from mambapanel.findings.record import Findings, read_findings
 from mambapanel.findings.stage import SEEDS, compute_run
@@ -51,18 +52,21 @@ def report(
     mambapanel.store.RunError
         No run, or a path that is not a complete run (checked for every run before any
         computation).
-    ValueError
+    mambapanel.errors.OptionError
         ``window`` or ``seeds`` below 1.
+    mambapanel.errors.OutputError
+        ``out`` cannot be written (checked before any computation too).
     """
     if not runs:
         raise RunError("no run given: pass the path of a run made by `python -m compute extract`")
     if window is not None and window < 1:
-        raise ValueError(f"window must be at least 1 patch, got {window}")
+        raise OptionError(f"window must be at least 1 patch, got {window}")
     if seeds < 1:
-        raise ValueError(f"seeds must be at least 1, got {seeds}")
+        raise OptionError(f"seeds must be at least 1, got {seeds}")
     paths = [Path(run) for run in runs]
     for path in paths:
         open_run(path)
+    out = check_writable_folder(out, f"findings report {out}")
     names = run_names(paths)
     found = []
     for path, name in zip(paths, names, strict=True):
@@ -72,8 +76,6 @@ def report(
         if findings is None:  # written just now: cannot be missing
             raise RunError(f"{path}: findings were written but cannot be read back")
         found.append(findings)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     document = out / REPORT
     document.write_text(markdown(found, paths, out))
     return document

@@ -25,6 +25,8 @@ from typing import Any, BinaryIO
 
 import torch
 
+from mambapanel.errors import MambapanelError
+
 __all__ = ["CheckpointError", "ReadCheckpoint", "read_checkpoint", "write_checkpoint"]
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -52,7 +54,7 @@ RESAVE_HINT = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MambapanelError, ValueError):
     """A checkpoint file that cannot be read, or cannot be loaded into the model asked for."""
 
 
