@@ -1,9 +1,11 @@
-"""Command line: `python -m compute extract|reduce|train|findings|serve|demo`."""
+"""Command line: `python -m compute extract|reduce|train|findings|serve|demo`, also
+installed as the console script `mambapanel`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from compute import serve as serving
 from compute.arguments import POSITIVE, integer, positive_float
@@ -141,7 +143,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compute", description=__doc__)
+    # `mambapanel ...` (the console script of an installed package) or `python -m compute`.
+    prog = "mambapanel" if Path(sys.argv[0]).name == "mambapanel" else "python -m compute"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import mambapanel
 from mambapanel import models, store
 from mambapanel.errors import MambapanelError
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = ROOT / "mambapanel" / "checkpoints"
+CHECKPOINTS = Path(mambapanel.__file__).resolve().parent / "checkpoints"  # package data
 DEMO_MODEL = "vmamba-micro"
 DEMO_ORDERS = ("cross", "diagonal", "morton", "spiral", "hilbert", "bidirectional")
 DEMO_IMAGES = 64

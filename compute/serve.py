@@ -14,13 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import dashboards
 from compute.arguments import PORT
 from mambapanel import store
 from mambapanel.errors import MambapanelError
 from mambapanel.hosts import ALLOWED_HOSTS_VARIABLE, LOOPBACK_HOSTS
 
-ROOT = Path(__file__).resolve().parents[1]
 APPS = ("explorer", "compare")  # dashboards/<app>.py, served at /<app>
+# The apps' folder: the checkout's, or the installed package's (they ship with it).
+DASHBOARDS = Path(dashboards.__file__).resolve().parent
 # Addresses that listen on every interface: no host name browsers could use follows from them.
 WILDCARD_ADDRESSES = ("0.0.0.0", "::")
 # Panel reads it from the environment, which (unlike the command line) other users of the
@@ -110,7 +112,7 @@ def serve_command(runs: Sequence[str | Path], options: ServeOptions) -> list[str
     """``panel serve`` of the apps with ``runs`` loaded (absolute paths)."""
     command = [
         sys.executable, "-m", "panel", "serve",
-        *(str(ROOT / "dashboards" / f"{app}.py") for app in APPS),
+        *(str(DASHBOARDS / f"{app}.py") for app in APPS),
         "--address", options.address, "--port", str(options.port),
     ]  # fmt: skip
     for flag, value in (
@@ -154,7 +156,9 @@ def serve(runs: Sequence[str | Path], options: ServeOptions = ServeOptions()) ->
     print(f"serving {len(runs)} runs: {' and '.join(options.urls())} (Ctrl-C stops)", flush=True)
     command = serve_command(runs, options)
     environment = serve_environment(options)
-    os.chdir(ROOT)  # `python -m panel` puts the working directory first on sys.path
+    # `python -m panel` puts the working directory first on sys.path: the one holding the
+    # packages that the apps import (a checkout or site-packages).
+    os.chdir(DASHBOARDS.parent)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(command[0], command, environment)

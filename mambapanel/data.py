@@ -123,11 +123,6 @@ PACKAGED_SOURCES: dict[str, Callable[[], list[ImageFile]]] = {
 }
 
 
-def register_source(name: str, list_files: Callable[[], list[ImageFile]]) -> None:
-    """Make a packaged source available by ``name`` (``--images name``)."""
-    PACKAGED_SOURCES[name] = list_files
-
-
 def resolve_source(source: str | Path) -> str:
     """The canonical spelling of a source: a packaged name as is, a directory made absolute
     (workers and later runs may start elsewhere)."""

@@ -22,10 +22,6 @@ OrderFn = Callable[[int, int], OrderOutput]
 # ---------------------------------------------------------------------------------------------
 
 
-def _row_major(height: int, width: int) -> torch.Tensor:
-    return torch.arange(height * width)
-
-
 def _snake(height: int, width: int) -> torch.Tensor:
     """Boustrophedon: even rows left to right, odd rows right to left."""
     grid = torch.arange(height * width).view(height, width).clone()

@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,bench]"
 # The browser tests (tests/ui) drive Debian's Chromium, not a browser that Playwright
 # downloads (no network for that in CI). Installed only when missing; needs root or sudo.
 if [ ! -x /usr/bin/chromium ]; then
