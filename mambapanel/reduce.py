@@ -404,8 +404,8 @@ def _embed_resolved(
     settings = {k: v for k, v in params.items() if k not in ("seed", "pca_components")}
     if method == "tsne":
         model = TSNE(n_components=len(XY), random_state=seed, **settings)
-        # Small inputs run t-SNE's OpenMP gradient on one thread: with two threads on a busy
-        # 2-core machine, 256 points took 24 s instead of 2.4 s (threads spin-waiting).
+        # Small inputs run t-SNE's OpenMP gradient on one thread: on a busy machine its
+        # threads spin-wait for each other (benchmarks/RESULTS.md, Figures behind choices).
         threads = 1 if len(points) < TSNE_SINGLE_THREAD_BELOW else None
         with threadpool_limits(threads):
             return model.fit_transform(np.asarray(points)).astype(np.float32)
@@ -415,9 +415,9 @@ def _embed_resolved(
 
 
 def _umap_class() -> type:
-    """umap.UMAP, imported on first use: its import compiles numba code, ~20-40 s cold."""
-    # A persistent user cache for numba's compiled functions makes later imports take ~3 s.
-    # Only effective before numba is first imported (datashader imports it too).
+    """umap.UMAP, imported on first use: its import compiles numba code (slow when cold)."""
+    # A persistent user cache for numba's compiled functions spares later imports that
+    # compilation. Only effective before numba is first imported (datashader imports it too).
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache / "mambapanel" / "numba"))
     with warnings.catch_warnings():

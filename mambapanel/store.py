@@ -291,9 +291,8 @@ def _create_stage(
             fill_value=np.nan,
             dimension_names=(*leading, "block", "query", "key"),
             attributes=attributes,
-            # Uncompressed: zstd cost 4-14 ms of CPU per MB on the workers' critical path
-            # and saved 7 % (float32) to 48 % (float16) of a trained model's attention;
-            # see benchmarks/RESULTS.md, Extraction.
+            # Uncompressed: zstd on the workers' critical path cost more time than its
+            # saving of disk was worth (benchmarks/RESULTS.md, Extraction).
             compressors=None,
         )
 

@@ -9,12 +9,10 @@ A checkpoint has the layout of the official VMamba ones, ``{"model": state_dict}
 or, when the output's name ends in ``.safetensors``, the same tensors and metadata (JSON) in
 that format.
 
-Initialisation. With Mamba's own (skip D = 1, x_proj in ±1/sqrt(d_inner)) the scan's output
-is below 0.1 % of the skip's in every block of a fresh ``vmamba-micro``, and after 15 epochs
-on the digits it still was in stages 0-2: the model classified as a small CNN (97.8 % test
-accuracy with every scan removed, 98.1 % with them), so its hidden attention would show
-nothing it had learned. Training therefore starts from D = 0 and x_proj in ±1 (both
-recorded in the checkpoint); after 4 epochs such a model lost 19 points without its scans.
+Initialisation. Training starts from D = 0 and x_proj in ±1 (both recorded in the
+checkpoint), not Mamba's D = 1 and ±1/sqrt(d_inner): with Mamba's, the small models learned
+to classify through the skip alone and their scans, so their hidden attention, showed
+nothing learned (the figures: benchmarks/RESULTS.md, Figures behind choices).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ import pytest
 
 from mambapanel.models.vmamba import SS2D
 
+# Shared fixtures of their own modules: the session's small real run (compute extract +
+# reduce) and the demo's runs, for the view and dashboard tests.
+pytest_plugins = ["small_run", "demo_runs"]
+
 
 def make_ss2d(
     d_model: int = 8, d_state: int = 1, order: str = "cross", seed: int = 0, dtype=torch.float64
@@ -43,7 +47,3 @@ def read_only_folder(tmp_path: Path) -> Path:
 def ss2d_factory():
     return make_ss2d
 
-
-# The session's small real run (compute extract + reduce), for the view and dashboard tests.
-from demo_runs import demo_runs  # noqa: E402, F401
-from small_run import small_run  # noqa: E402, F401
