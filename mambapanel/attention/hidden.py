@@ -77,35 +77,89 @@ def hidden_attention(
     -------
     r(Bt, L, L); r(Bt, D, L, L) when ``reduce`` is None; a K axis after Bt with ``by_route``.
     """
-    check_reduce(reduce)
+    check_mode(mode)
+    Ds = inputs.Ds.to(dtype)
+
+    def fold(alpha: Tensor, k: int) -> Tensor:
+        return _fold_conv_and_gate(alpha, Ds[k], inputs, dtype)
+
+    return routes_attention(
+        inputs.delta,
+        inputs.A,
+        inputs.B,
+        inputs.C,
+        inputs.routes,
+        reduce=reduce,
+        by_route=by_route,
+        backend=backend,
+        dtype=dtype,
+        tile=tile,
+        grid=inputs.grid,
+        fold=fold if mode == "implicit" else None,
+    )
+
+
+def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def routes_attention(
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    routes: Tensor,
+    *,
+    reduce: str | None = "mean",
+    by_route: bool = False,
+    backend: str = "tiled",
+    dtype: torch.dtype = torch.float32,
+    tile: int | None = None,
+    grid: tuple[int, int] | None = None,
+    fold: Callable[[Tensor, int], Tensor] | None = None,
+) -> Tensor:
+    """Every route's step-space attention moved to item order and summed (or kept apart):
+    α[i, j] = Σ_k α_k[step_k(i), step_k(j)], items being what ``routes`` index (patches
+    row-major, or Vim's tokens).
+
+    Parameters
+    ----------
+    delta : r(Bt, K, D, L)
+    A : r(K, D, N)
+    B, C : r(Bt, K, N, L)
+    routes : int(K, L), the item visited at each step of each route
+    grid : (H, W), optional
+        The items are the patches of this grid: a column-major route is then added as a
+        transposed view (one pass instead of three gathers).
+    fold : callable(alpha r(Bt, D, L, L) in item order, k) -> r(Bt, D, L, L), optional
+        Applied to each route's per-channel matrix before ``reduce`` (the implicit mode).
+    Other parameters as :func:`hidden_attention`.
+    """
+    check_reduce(reduce)
     route_attention = route_backend(backend)
     options = {} if tile is None or backend == "reference" else {"tile": tile}
-    routes = inputs.routes
     steps = orders.inverse(routes.cpu()).to(routes.device)
-    per_route_reduce = None if mode == "implicit" else reduce
-    delta, B, C = (z.to(dtype) for z in (inputs.delta, inputs.B, inputs.C))
-    A, Ds = inputs.A.to(dtype), inputs.Ds.to(dtype)
+    per_route_reduce = None if fold is not None else reduce
+    delta, B, C, A = (z.to(dtype) for z in (delta, B, C, A))
 
     K, L = routes.shape
     Bt, _, D, _ = delta.shape
-    H, W = inputs.grid
     in_order = torch.arange(L, device=routes.device)
-    column_major = in_order.view(H, W).t().flatten()
+    column_major = None if grid is None else in_order.view(*grid).t().flatten()
     # The tiled backend computes a route and its reverse into one buffer (two triangles).
     fuse = (
         backend == "tiled"
-        and mode == "ssm"
+        and fold is None
         and not by_route
         and not (reduce == "absmean" and A.shape[-1] > 1)
     )
     result = step_buffer = row_buffer = col_buffer = None
-    merging = not by_route and mode == "ssm"
+    merging = not by_route and fold is None
     with torch.no_grad():  # analysis only; the buffers below are reused across routes
         for k, partner in _route_groups(routes) if fuse else [(k, None) for k in range(K)]:
             # The tiled backend writes into a reused buffer: a fresh L x L costs page faults.
-            # Only a first row-major route gets a fresh one, as it becomes the result.
+            # Only a first in-order route gets a fresh one, as it becomes the result.
             if step_buffer is None and not (merging and torch.equal(steps[k], in_order)):
                 channels = () if per_route_reduce else (D,)
                 step_buffer = _scratch((Bt, *channels, L, L), dtype, delta.device)
@@ -124,9 +178,15 @@ def hidden_attention(
                     add_reversed=True,
                     **options,
                 )
-            if merging and result is not None and torch.equal(routes[k], column_major):
+            if (
+                merging
+                and result is not None
+                and column_major is not None
+                and torch.equal(routes[k], column_major)
+            ):
                 # A column-major route is a transpose of the grid: add a permuted view, one
                 # pass where the gathers below take three.
+                H, W = grid
                 lead, n = alpha.shape[:-2], alpha.dim() - 2
                 transposed = alpha.view(*lead, W, H, W, H).permute(
                     *range(n), n + 1, n, n + 3, n + 2
@@ -134,19 +194,19 @@ def hidden_attention(
                 result.view(*lead, H, W, H, W).add_(transposed)
                 step_buffer = alpha
                 continue
-            # Step space -> patch space: α[i, j] = α_k[step_k(i), step_k(j)].
+            # Step space -> item space: α[i, j] = α_k[step_k(i), step_k(j)].
             patch = alpha
             if not torch.equal(steps[k], in_order):
                 row_buffer = torch.index_select(alpha, -2, steps[k], out=row_buffer)
                 patch = col_buffer = torch.index_select(row_buffer, -1, steps[k], out=col_buffer)
-            if mode == "implicit":
-                patch = _reduce(_fold_conv_and_gate(patch, Ds[k], inputs, dtype), reduce)
+            if fold is not None:
+                patch = _reduce(fold(patch, k), reduce)
             if by_route:
                 if result is None:
                     result = patch.new_empty(patch.shape[0], K, *patch.shape[1:])
                 result[:, k] = patch
             elif result is None and patch is alpha:
-                result = alpha  # a row-major route: its buffer becomes the result
+                result = alpha  # an in-order route: its buffer becomes the result
                 continue
             elif result is None:
                 result = patch.clone()
