@@ -1,0 +1,154 @@
+"""Explanations beyond raw attention: attention rollout across blocks (and, for VMamba,
+across stages), gradient-weighted attribution, and the perturbation test that says how
+faithful a map is.
+
+Shape legend: B images, L patches of a grid (row-major), T tokens (Vim: patches and CLS),
+gh x gw the grid a relevance map lives on.
+
+Rollout (Abnar & Zuidema 2020). Per block l, Â_l = rownorm(A_l + I), with A_l a
+non-negative patch-to-patch matrix (row = query, the output; column = key, the input); the
+product R = Â_last ⋯ Â_first gives R[i, j], the share of input patch j in output patch i
+through the residual path and every block. The raw map takes A_l = |α_l| (hidden attention
+can be negative), the attribution map A_l = (mean over channels of ∂y_c/∂α ⊙ α)⁺, y_c the
+predicted class's logit. Vim reads R's CLS row. VMamba has no CLS token: its classifier
+averages the last stage's patches, so the map is the mean row of R, and R crosses a
+downsampling by mapping a coarse patch to the k x k fine patches under it (k the stride, 2),
+each with weight 1/k², an approximation of the 3 x 3 stride-2 conv that is said wherever the
+map is shown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+METHODS = ("rollout", "attribution")  # the maps stored per image; plus "cls" for Vim
+FRACTIONS = tuple(round(0.1 * step, 1) for step in range(10))  # patches removed: 0 .. 90 %
+
+
+def normalised(matrix: Tensor) -> Tensor:
+    """rownorm(A + I) of a non-negative r(B, L, L): each row sums to 1."""
+    augmented = matrix + torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    return augmented / augmented.sum(-1, keepdim=True)
+
+
+def rollout(blocks: Sequence[Tensor]) -> Tensor:
+    """R = Â_last ⋯ Â_first of non-negative r(B, L, L) matrices, first block first."""
+    result = normalised(blocks[0])
+    for matrix in blocks[1:]:
+        result = normalised(matrix) @ result
+    return result
+
+
+def rollout_reference(blocks: Sequence[Tensor]) -> Tensor:
+    """:func:`rollout` as a sum over paths, for small L (the tests' oracle): R[i, j] =
+    Σ over token sequences j = t_0, t_1, ..., t_n = i of Π_l Â_l[t_l, t_{l-1}]."""
+    steps = [normalised(matrix) for matrix in blocks]
+    B, L, _ = steps[0].shape
+    result = torch.zeros_like(steps[0])
+    for path in np.ndindex(*(L,) * (len(steps) - 1)):
+        for start in range(L):
+            for end in range(L):
+                tokens = (start, *path, end)
+                weight = torch.ones(B, dtype=steps[0].dtype)
+                for layer, step in enumerate(steps):
+                    weight = weight * step[:, tokens[layer + 1], tokens[layer]]
+                result[:, end, start] += weight
+    return result
+
+
+def downsampling(coarse: tuple[int, int], fine: tuple[int, int]) -> Tensor:
+    """r(Lc, Lf): coarse patch c spread evenly over the fine patches under it (the stride
+    k = fine / coarse in each axis; at an uneven edge, what is there). Rows sum to 1."""
+    (ch, cw), (fh, fw) = coarse, fine
+    rows, cols = np.divmod(np.arange(fh * fw), fw)
+    parent = (rows * ch // fh) * cw + cols * cw // fw  # the coarse patch over each fine one
+    matrix = torch.zeros(ch * cw, fh * fw, dtype=torch.float64)
+    matrix[parent, np.arange(fh * fw)] = 1.0
+    return matrix / matrix.sum(-1, keepdim=True)
+
+
+def stage_rollout(stages: Sequence[Sequence[Tensor]], grids: Sequence[tuple[int, int]]) -> Tensor:
+    """VMamba's map: r(B, L0) over the first stage's patches, the mean row of
+    R_S · M_S ⋯ M_1 · R_0 (R_s the rollout of stage s's blocks, M_s stage s's coarse patches
+    spread over stage s-1's, :func:`downsampling`); it sums to 1.
+
+    Parameters
+    ----------
+    stages : per stage (first to last), its blocks' non-negative r(B, L_s, L_s)
+    grids : per stage, its grid (H, W)
+    """
+    relevance = None
+    for index in range(len(stages) - 1, -1, -1):
+        matrix = rollout(stages[index])
+        if relevance is None:  # the classifier averages the last stage's patches
+            relevance = matrix.mean(-2)
+        else:
+            relevance = (relevance[:, None, :] @ matrix)[:, 0]
+        if index:
+            spread = downsampling(grids[index], grids[index - 1]).to(relevance)
+            relevance = relevance @ spread
+    return relevance
+
+
+def perturbation_curves(
+    score: Callable[[Tensor], Tensor],
+    image: Tensor,
+    relevance: Tensor,
+    *,
+    fractions: Sequence[float] = FRACTIONS,
+    fill: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The perturbation test of one map: the class score as the most relevant patches are
+    removed first, and as the least relevant are (Chefer et al. 2021). A faithful map makes
+    the first curve fall fast and the second stay high.
+
+    Parameters
+    ----------
+    score : images r(n, 3, H, W) -> r(n,) the score of the class the model predicts for the
+        unperturbed image (e.g. its softmax probability)
+    image : r(3, H, W), normalised as the model takes it
+    relevance : r(gh, gw) (or r(gh * gw,)) over a grid that tiles the image
+    fill : what removed pixels become (0: the dataset mean, in normalised values)
+
+    Returns
+    -------
+    (most relevant removed first, least relevant removed first): f64(len(fractions),) each
+    """
+    gh, gw = relevance.shape if relevance.dim() == 2 else (math.isqrt(relevance.numel()),) * 2
+    ranked = torch.argsort(relevance.reshape(-1).double(), descending=True, stable=True)
+    batches = []
+    for order in (ranked, ranked.flip(0)):
+        masked = []
+        for fraction in fractions:
+            removed = order[: round(fraction * gh * gw)]
+            keep = torch.ones(gh * gw, dtype=image.dtype)
+            keep[removed] = 0.0
+            masks = cell_mask(keep.view(gh, gw), image.shape[-2:])
+            masked.append(image * masks + fill * (1 - masks))
+        batches.append(torch.stack(masked))
+    with torch.no_grad():
+        scores = score(torch.cat(batches)).double().cpu().numpy()
+    return scores[: len(fractions)], scores[len(fractions) :]
+
+
+def cell_mask(cells: Tensor, size: tuple[int, int]) -> Tensor:
+    """r(gh, gw) values per grid cell -> r(H, W) per pixel; cell (r, c) covers rows
+    r*H//gh .. (r+1)*H//gh and the columns alike (cells tile the image exactly)."""
+    H, W = size
+    gh, gw = cells.shape
+    rows = torch.arange(H) * gh // H
+    cols = torch.arange(W) * gw // W
+    return cells[rows][:, cols]
+
+
+def area(curve: np.ndarray, fractions: Sequence[float] = FRACTIONS) -> float:
+    """Area under a perturbation curve over the removed fractions, divided by their span
+    (the mean score over the range)."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    return float(np.trapezoid(curve, fractions) / (fractions[-1] - fractions[0]))

@@ -1,0 +1,91 @@
+"""Explanations: rollout against its sum over paths, the downsampling map, VMamba's
+cross-stage rollout on cases with a known answer, and the perturbation test on a score
+whose curves are known exactly."""
+
+import numpy as np
+import pytest
+import torch
+
+from mambapanel import explain
+
+
+def random_blocks(n_blocks=3, L=3, B=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(B, L, L, generator=generator, dtype=torch.float64) for _ in range(n_blocks)]
+
+
+def test_rollout_is_the_sum_over_paths_first_block_first():
+    blocks = random_blocks()
+    torch.testing.assert_close(explain.rollout(blocks), explain.rollout_reference(blocks))
+    # The order matters: the reversed product is another matrix.
+    assert not torch.allclose(explain.rollout(blocks), explain.rollout(blocks[::-1]))
+    torch.testing.assert_close(
+        explain.rollout(blocks).sum(-1), torch.ones(2, 3, dtype=torch.float64)
+    )
+
+
+def test_rollout_of_no_attention_is_the_identity():
+    blocks = [torch.zeros(1, 4, 4, dtype=torch.float64)] * 3
+    torch.testing.assert_close(explain.rollout(blocks)[0], torch.eye(4, dtype=torch.float64))
+
+
+def test_downsampling_spreads_a_coarse_patch_over_the_fine_patches_under_it():
+    even = explain.downsampling((2, 2), (4, 4))
+    assert even.shape == (4, 16)
+    np.testing.assert_array_equal(
+        even[0].view(4, 4).numpy(), np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0] * 4, [0] * 4]) / 4
+    )
+    uneven = explain.downsampling((2, 2), (3, 3))  # stride 2 over a 3x3 grid: edges smaller
+    np.testing.assert_array_equal(uneven[3].view(3, 3).numpy(), [[0, 0, 0], [0, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(uneven.sum(0).numpy(), [0.25, 0.25, 0.5, 0.25, 0.25, 0.5,
+                                                          0.5, 0.5, 1.0])  # fmt: skip
+
+
+def test_stage_rollout_of_no_attention_is_uniform_and_follows_attention_otherwise():
+    grids = [(4, 4), (2, 2)]
+    quiet = [
+        [torch.zeros(1, 16, 16, dtype=torch.float64)] * 2,
+        [torch.zeros(1, 4, 4, dtype=torch.float64)] * 2,
+    ]
+    torch.testing.assert_close(
+        explain.stage_rollout(quiet, grids), torch.full((1, 16), 1 / 16, dtype=torch.float64)
+    )
+    # One stage: the mean row of its rollout.
+    blocks = random_blocks(2, L=4, B=1)
+    expected = explain.rollout(blocks).mean(-2)
+    torch.testing.assert_close(explain.stage_rollout([blocks], [(2, 2)]), expected)
+    # Last-stage attention that moves everything onto coarse patch 0 lands on the 2x2 fine
+    # patches under it (stage 0 attends nowhere).
+    towards_first = torch.zeros(1, 4, 4)
+    towards_first[:, :, 0] = 1e6
+    relevance = explain.stage_rollout([[torch.zeros(1, 16, 16)], [towards_first]], grids)
+    assert relevance.sum().item() == pytest.approx(1.0)
+    np.testing.assert_allclose(relevance.view(4, 4)[:2, :2].numpy(), 0.25, atol=1e-5)
+
+
+def test_perturbation_curves_of_a_known_score():
+    """The score is a weighted sum over the cells of a 10x10 grid, weight = cell index: with
+    the weights as relevance, removing the most relevant cells first takes the largest
+    weights first, and the curves are the sums of what is left."""
+    weights = torch.arange(100, dtype=torch.float64).view(10, 10)
+    pixels = explain.cell_mask(weights, (30, 20)) / 6  # each cell is 3 x 2 pixels
+
+    def score(images):  # images: (n, 3, 30, 20) with every channel 1 where kept
+        return (images[:, 0] * pixels).sum((-2, -1))
+
+    image = torch.ones(3, 30, 20, dtype=torch.float64)
+    most, least = explain.perturbation_curves(score, image, weights)
+    total = weights.sum().item()
+    removed = [round(f * 100) for f in explain.FRACTIONS]
+    np.testing.assert_allclose(most, [total - sum(range(100 - m, 100)) for m in removed])
+    np.testing.assert_allclose(least, [total - sum(range(m)) for m in removed])
+    assert explain.area(most) < explain.area(least)
+    assert explain.area(np.full(len(explain.FRACTIONS), 0.7)) == pytest.approx(0.7)
+
+
+def test_cell_mask_tiles_the_image():
+    cells = torch.arange(6.0).view(2, 3)
+    mask = explain.cell_mask(cells, (5, 7))
+    assert mask.shape == (5, 7)
+    assert set(mask.unique().tolist()) == set(range(6))
+    assert mask[0, 0] == 0 and mask[-1, -1] == 5 and mask[2, 2] == 0 and mask[3, 3] == 4
