@@ -76,6 +76,26 @@ def test_tiled_equals_reference_across_tile_boundaries(reduce, L, N, options):
     torch.testing.assert_close(buffer, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("L", "N", "options"),
+    [(50, 1, dict(tile=16)), (37, 16, dict(tile=8)), (123, 16, dict(leaf=4, fan=3)), (9, 2, {})],
+)
+def test_weighted_mean_equals_the_weighted_per_channel_matrices(L, N, options):
+    """mean_d w_q[d, t] α_d[t, s] w_k[d, s] (gradient times attention) in the tiled GEMM form
+    against the reference and against weighting the per-channel matrices by hand."""
+    delta, A, B, C = random_route(L=L, N=N, D=5)
+    g = torch.Generator().manual_seed(7)
+    weights = tuple(torch.randn(*delta.shape, generator=g, dtype=delta.dtype) for _ in "qk")
+    per_channel = reference.route_attention(delta, A, B, C, reduce=None)
+    by_hand = (weights[0][..., :, None] * per_channel * weights[1][..., None, :]).mean(1)
+    expected = reference.route_attention(delta, A, B, C, weights=weights)
+    torch.testing.assert_close(expected, by_hand, rtol=1e-12, atol=1e-12)
+    got = tiled.route_attention(delta, A, B, C, weights=weights, **options)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="weights go with reduce='mean'"):
+        tiled.route_attention(delta, A, B, C, reduce="absmean", weights=weights)
+
+
 @pytest.mark.parametrize("reduce", ["mean", None])
 @pytest.mark.parametrize("options", [dict(tile=16), dict(leaf=8, fan=4)])
 def test_a_route_and_its_reverse_share_one_buffer(reduce, options):
@@ -98,6 +118,15 @@ def test_leaves_with_huge_steps_fall_back_to_the_elementwise_form(dtype):
     # float32 cumsums of ~1e4 carry ~1e-3 absolute error into the exponent.
     tolerance = 1e-3 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_weighted_leaves_with_huge_steps_take_the_elementwise_form_too():
+    delta, A, B, C = random_route(Bt=1, D=3, L=96, dt_high=30.0)
+    g = torch.Generator().manual_seed(8)
+    weights = tuple(torch.randn(*delta.shape, generator=g, dtype=delta.dtype) for _ in "qk")
+    expected = reference.route_attention(delta, A, B, C, weights=weights)
+    got = tiled.route_attention(delta, A, B, C, weights=weights)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_stable_at_56x56_with_realistic_steps():

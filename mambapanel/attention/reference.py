@@ -18,8 +18,22 @@ def check_reduce(reduce: str | None) -> None:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
 
 
+def check_weights(reduce: str | None, weights: tuple[Tensor, Tensor], delta: Tensor) -> None:
+    if reduce != "mean":
+        raise ValueError(f"weights go with reduce='mean' (a weighted mean), got {reduce!r}")
+    for weight in weights:
+        if weight.shape != delta.shape:
+            raise ValueError(f"weights must have delta's shape {tuple(delta.shape)}")
+
+
 def route_attention(
-    delta: Tensor, A: Tensor, B: Tensor, C: Tensor, *, reduce: str | None = "mean"
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    *,
+    reduce: str | None = "mean",
+    weights: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """α[t, s] = Σ_n C[t, n] · exp(A_{d,n} (S_d[t] - S_d[s])) · Δ_d[s] · B[s, n],  s <= t.
 
@@ -32,6 +46,9 @@ def route_attention(
     B, C : r(Bt, N, L)
     reduce : {"mean", "absmean", None}
         Over channels d: the mean, the mean of absolute values, or keep every channel.
+    weights : (query r(Bt, D, L), key r(Bt, D, L)), optional
+        With ``mean``: the mean over d of w_q[d, t] · α_d[t, s] · w_k[d, s] (e.g. the
+        gradient of a score w.r.t. the scan output, and the scan input: ∂score/∂α ⊙ α).
 
     Returns
     -------
@@ -47,6 +64,10 @@ def route_attention(
     # Above the diagonal the exponent is positive and may overflow: mask before exp.
     decay = torch.exp(exponent.masked_fill(~causal, float("-inf")))
     alpha = torch.einsum("bnt,bdnts,bds,bns->bdts", C, decay, delta, B)
+    if weights is not None:
+        check_weights(reduce, weights, delta)
+        query, key = weights
+        alpha = query[..., :, None] * alpha * key[..., None, :]
     if reduce is None:
         return alpha
     if reduce == "absmean":

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mambapanel.attention.reference import check_reduce
+from mambapanel.attention.reference import check_reduce, check_weights
 
 Tensor = torch.Tensor
 
@@ -30,6 +30,7 @@ def route_attention(
     fan: int = 16,
     out: Tensor | None = None,
     add_reversed: bool = False,
+    weights: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Same contract as :func:`mambapanel.attention.reference.route_attention`.
 
@@ -61,8 +62,13 @@ def route_attention(
         Add the result reversed in both axes (α[L-1-t, L-1-s]) into ``out`` instead of
         writing it. A route and its reverse then share one buffer: the reverse's keys come
         after its queries in the forward order, so it fills the other triangle.
+    weights : (query, key), optional
+        The weighted mean over channels: the query weights scale the left factors and the
+        key weights the right ones, so it stays one GEMM over (d, n).
     """
     check_reduce(reduce)
+    if weights is not None:
+        check_weights(reduce, weights, delta)
     N = A.shape[1]
     if add_reversed and out is None:
         raise ValueError("add_reversed=True adds into out: pass the buffer")
@@ -78,7 +84,7 @@ def route_attention(
         B, C = B.abs(), C.abs()
     if out is not None and reduce is not None:
         out = out[:, None]  # _tiled keeps a channel axis of 1
-    out = _tiled(delta, A, B, C, reduce is None, tile, leaf, fan, out, add_reversed)
+    out = _tiled(delta, A, B, C, reduce is None, tile, leaf, fan, out, add_reversed, weights)
     return out if reduce is None else out[:, 0]
 
 
@@ -93,13 +99,15 @@ def _tiled(
     fan: int,
     out: Tensor | None = None,
     add_reversed: bool = False,
+    weights: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """r(Bt, E, L, L): the route attention, channels kept (E = D) or averaged (E = 1);
-    written into ``out``, or added into it reversed (see :func:`route_attention`)."""
+    """r(Bt, E, L, L): the route attention, channels kept (E = D) or averaged (E = 1), with
+    channel ``weights`` (query, key) r(Bt, D, L) if given; written into ``out``, or added
+    into it reversed (see :func:`route_attention`)."""
     Bt, D, L = delta.shape
     N = A.shape[1]
     if L <= max(leaf, 1) and tile is None:
-        result = _leaf(delta, A, B, C, per_channel)
+        result = _leaf(delta, A, B, C, per_channel, weights)
         if out is None:
             return result
         return out.add_(result.flip(-2, -1)) if add_reversed else out.copy_(result)
@@ -108,6 +116,8 @@ def _tiled(
     pad = nT * T - L
     if pad:  # steps appended at the end never reach earlier queries; never written out
         delta, B, C = (F.pad(z, (0, pad)) for z in (delta, B, C))
+        if weights is not None:
+            weights = tuple(F.pad(w, (0, pad)) for w in weights)
 
     dA = delta[:, :, None, :] * A[None, :, :, None]  # (Bt, D, N, Lp), <= 0
     cum = dA.view(Bt, D, N, nT, T).cumsum(-1)  # within-tile inclusive cumsum
@@ -121,6 +131,9 @@ def _tiled(
         torch.exp(tile_sum[..., None] - cum) * delta.view(Bt, D, 1, nT, T) * B.view(Bt, 1, N, nT, T)
     )  # Q·Δ·B: (Bt, D, N, nT, T)
     left = Ct * torch.exp(cum)  # C·P: (Bt, D, N, nT, T)
+    if weights is not None:
+        left = left * weights[0].view(Bt, D, 1, nT, T)
+        right = right * weights[1].view(Bt, D, 1, nT, T)
 
     lhs_all = _as_lhs(left, per_channel)  # (Bt, E, nT, T, M)
     rhs_all = _as_rhs(right, per_channel)  # (Bt, E, M, nT, T)
@@ -158,6 +171,7 @@ def _tiled(
         None,
         leaf,
         fan,
+        weights=None if weights is None else tuple(map(tiles_as_batch, weights)),
     ).view(Bt, nT, E, T, T)
     for q in range(nT):
         rows = slice(q * T, min((q + 1) * T, L))
@@ -182,7 +196,14 @@ def _as_lhs(z: Tensor, per_channel: bool) -> Tensor:
     return _as_rhs(z, per_channel).movedim(2, -1).contiguous()
 
 
-def _leaf(delta: Tensor, A: Tensor, B: Tensor, C: Tensor, per_channel: bool) -> Tensor:
+def _leaf(
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    per_channel: bool,
+    weights: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """A short sequence (a diagonal tile): r(Bt, E, L, L).
 
     The decay is factored around the middle of the leaf's total Δ·A, so each factor stays
@@ -194,15 +215,25 @@ def _leaf(delta: Tensor, A: Tensor, B: Tensor, C: Tensor, per_channel: bool) -> 
     middle = cum[..., -1:] / 2
     largest_exponent = 0.9 * math.log(torch.finfo(delta.dtype).max)
     if middle.numel() and middle.min() < -largest_exponent:
-        return _elementwise(delta, A, B, C, per_channel)
+        return _elementwise(delta, A, B, C, per_channel, weights)
     left = C[:, None] * torch.exp(cum - middle)
     right = torch.exp(middle - cum) * delta[:, :, None, :] * B[:, None]
+    if weights is not None:
+        left = left * weights[0][:, :, None, :]
+        right = right * weights[1][:, :, None, :]
     causal = torch.ones(L, L, dtype=torch.bool, device=delta.device).tril()
     product = torch.matmul(_as_lhs(left, per_channel), _as_rhs(right, per_channel))
     return product.masked_fill_(~causal, 0.0)
 
 
-def _elementwise(delta: Tensor, A: Tensor, B: Tensor, C: Tensor, per_channel: bool) -> Tensor:
+def _elementwise(
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    per_channel: bool,
+    weights: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """The masked formula on a short sequence: r(Bt, E, L, L); D·N·L² exps."""
     L = delta.shape[-1]
     cum = (delta[:, :, None, :] * A[None, :, :, None]).cumsum(-1)  # (Bt, D, N, L)
@@ -210,6 +241,9 @@ def _elementwise(delta: Tensor, A: Tensor, B: Tensor, C: Tensor, per_channel: bo
     inside = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf"))
     decay = torch.exp(inside)  # (Bt, D, N, L, L)
     weighted = decay * delta[:, :, None, None, :]  # (Bt, D, N, L, L): decay · Δ[s]
+    if weights is not None:
+        query, key = weights
+        weighted = weighted * query[:, :, None, :, None] * key[:, :, None, None, :]
     if not per_channel:
         weighted = weighted.mean(1, keepdim=True)  # the (d) sum before the (n) one
     return (C[:, None, :, :, None] * weighted * B[:, None, :, None, :]).sum(2)
