@@ -95,8 +95,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2
     "vim-base": dict(family="vim", embed_dim=768, depth=24),
     # Ours, to train on two CPU cores in minutes: the 8x8 digits upscaled to 32 px, one
-    # patch per digit pixel (8x8 patches, 65 tokens). d_state 4, not 16: a training step
-    # (batch 64) took 1.8 s on one busy core with N = 4, 4 s with 8 and 12 s with 16.
+    # patch per digit pixel (8x8 patches, 65 tokens). d_state 4, not 16: on a CPU the scan's
+    # cost grows faster than N (its states leave the cache), a training step ~7x at N = 16.
     "vim-micro": dict(family="vim", img_size=32, patch_size=4, embed_dim=64, depth=4, d_state=4),
 }
 
