@@ -84,7 +84,10 @@ def plan_run(
         layouts.append(store.StageLayout(stage, network.depths[stage], grids[stage], factor))
     attrs = {
         "model": model,
-        "model_config": json.dumps(models.CONFIGS[model], sort_keys=True),
+        # Without the family, which the name gives: runs made before Vim stay resumable.
+        "model_config": json.dumps(
+            {k: v for k, v in models.CONFIGS[model].items() if k != "family"}, sort_keys=True
+        ),
         "checkpoint": checkpoint,
         "checkpoint_sha256": getattr(network, "checkpoint_sha256", None),
         "seed": None if checkpoint else seed,

@@ -182,7 +182,7 @@ def test_capture_leaves_output_unchanged_and_records_every_block(micro_model):
     assert cap.keys() == [
         (s, b) for s, depth in enumerate(micro_model.depths) for b in range(depth)
     ]
-    assert all(not layer.scan_recorders for layer in attention.ss2d_layers(micro_model).values())
+    assert all(not layer.scan_recorders for layer in attention.scan_layers(micro_model).values())
     for stage, (H, W) in enumerate([(8, 12), (4, 6), (2, 3), (1, 2)]):
         a = cap.attention(stage=stage, block=1)
         assert a.shape == (2, H * W, H * W) and a.dtype == torch.float32

@@ -156,34 +156,39 @@ def scan_preserving_dtype(
     return y if D is None else y + u * D[:, None]
 
 
-def perturb_(model, seed: int) -> None:
-    """Seeded, deterministic perturbation so that every parameter matters in the check."""
+def perturb_(model, seed: int, rule=None) -> None:
+    """Seeded, deterministic perturbation so that every parameter matters in the check;
+    ``rule(name, parameter, noise)`` changes one parameter (default: VMamba's)."""
     import torch
 
+    rule = rule or vmamba_perturbation
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=p.dtype)
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "A_logs":
-                p.copy_(0.7 * r)  # A = -exp(A_logs) in about [-4, -0.25]
-            elif leaf == "Ds":
-                p.copy_(1.0 + 0.3 * r)
-            elif leaf == "dt_projs_bias":
-                p.add_(0.3 * r)
-            elif (
-                "norm" in name
-                or name.startswith("patch_embed.2")
-                or name.startswith("patch_embed.7")
-                or ".downsample.3" in name
-            ) and p.dim() == 1:
-                p.copy_((1.0 + 0.2 * r) if leaf == "weight" else 0.1 * r)
-            elif leaf == "bias":
-                p.copy_(0.05 * r)
-            elif p.dim() >= 2 and leaf == "weight":
-                p.mul_(1.5).add_(0.01 * r)
-            else:
-                p.add_(0.02 * r)
+            rule(name, p, torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def vmamba_perturbation(name: str, p, r) -> None:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "A_logs":
+        p.copy_(0.7 * r)  # A = -exp(A_logs) in about [-4, -0.25]
+    elif leaf == "Ds":
+        p.copy_(1.0 + 0.3 * r)
+    elif leaf == "dt_projs_bias":
+        p.add_(0.3 * r)
+    elif (
+        "norm" in name
+        or name.startswith("patch_embed.2")
+        or name.startswith("patch_embed.7")
+        or ".downsample.3" in name
+    ) and p.dim() == 1:
+        p.copy_((1.0 + 0.2 * r) if leaf == "weight" else 0.1 * r)
+    elif leaf == "bias":
+        p.copy_(0.05 * r)
+    elif p.dim() >= 2 and leaf == "weight":
+        p.mul_(1.5).add_(0.01 * r)
+    else:
+        p.add_(0.02 * r)
 
 
 def stage_official(args) -> int:
@@ -332,48 +337,18 @@ def stage_ours(args) -> int:
     sys.path.insert(0, str(ROOT))
     from mambapanel import models
 
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cmp_official_"))
-    work.mkdir(parents=True, exist_ok=True)
-    if not args.reuse or not (work / "official_f64.pt").exists():
-        cmd = [
-            args.official_python,
-            str(Path(__file__).resolve()),
-            "--stage",
-            "official",
-            "--vmamba-repo",
-            str(args.vmamba_repo),
-            "--workdir",
-            str(work),
-            "--seed",
-            str(args.seed),
-        ]
-        print("official stage:", " ".join(cmd), flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            print(proc.stdout[-4000:], proc.stderr[-8000:], sep="\n")
-            return proc.returncode
-    meta = json.loads((work / "official_meta.json").read_text())
-    print(f"official: {meta['source']} (torch {meta['torch']})")
-    print("patches applied to the official code at run time:")
-    for p in meta["patches"]:
-        print(f"  - {p}")
+    work = workdir(args)
+    failed = run_official_stage(args, work, __file__, ["--vmamba-repo", str(args.vmamba_repo)])
+    if failed:
+        return failed
+    meta = official_meta(work)
     print(
         f"scan check (our f32 dtype-keeping scan vs upstream selective_scan_torch), logits: "
         f"max abs {meta['scan_check_f32'][0]:.3e}, rel {meta['scan_check_f32'][1]:.3e}"
     )
-    print(
-        f"official f32 vs official f64 logits: max abs {meta['official_f32_vs_f64'][0]:.3e}, "
-        f"rel {meta['official_f32_vs_f64'][1]:.3e}"
-    )
-
-    ckpt = work / "ckpt.pth"
-    try:
-        ours = models.build(args.model, checkpoint=ckpt)
-    except Exception as err:
-        print(f"\nSTRICT LOAD FAILED: {type(err).__name__}: {err}")
+    ours = build_strictly(models, args.model, work / "ckpt.pth")
+    if ours is None:
         return 2
-    print(f"\nstrict load of {ckpt.name} into models.build({args.model!r}): ok")
-    ours.eval()
     x = torch.load(work / "inputs.pt")
     names = hook_names(tuple(getattr(ours, "depths", (2, 2, 8, 2))))
     results = {}
@@ -392,33 +367,82 @@ def stage_ours(args) -> int:
         f"{meta['conv_shaped_linear2d_loads_in_official']}",
         end="; ",
     )
-    try:
-        m2 = models.build(args.model, checkpoint=work / "ckpt_conv_shaped_ema.pth")
-        same = all(
-            torch.equal(a.float(), b)
-            for a, b in zip(
-                m2.state_dict().values(), ours.float().state_dict().values(), strict=True
-            )
-        )
-        print(f"ours loads: True (weights equal: {same})")
-    except Exception as err:
-        print(f"ours loads: False ({type(err).__name__}: {str(err).splitlines()[-1].strip()})")
+    check_load(ours, lambda: models.build(args.model, checkpoint=work / "ckpt_conv_shaped_ema.pth"))
+    print("training-format file ({model, model_ema, optimizer, config: CfgNode, ...}): ", end="")
+    check_load(ours, lambda: models.build(args.model, checkpoint=work / "ckpt_training_format.pth"))
+    return verdict(results, args, work)
 
+
+# --------------------------------------------------------------------------------------------
+# Shared with tools/compare_vim_official.py.
+
+
+def workdir(args) -> Path:
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cmp_official_"))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def run_official_stage(args, work: Path, script: str, repo: list[str]) -> int:
+    """Run ``script``'s official stage in ``--official-python`` (unless ``--reuse`` finds its
+    outputs in ``work``); its exit status."""
+    if args.reuse and (work / "official_f64.pt").exists():
+        return 0
+    cmd = [
+        args.official_python,
+        str(Path(script).resolve()),
+        *("--stage", "official", "--workdir", str(work), "--seed", str(args.seed)),
+        *("--model", args.model, *repo),
+    ]
+    print("official stage:", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        print(proc.stdout[-4000:], proc.stderr[-8000:], sep="\n")
+    return proc.returncode
+
+
+def official_meta(work: Path) -> dict:
+    """The official stage's ``official_meta.json``, its source and patches printed."""
+    meta = json.loads((work / "official_meta.json").read_text())
+    print(f"official: {meta['source']} (torch {meta['torch']})")
+    print("patches applied to the official code at run time:")
+    for p in meta["patches"]:
+        print(f"  - {p}")
     print(
-        "training-format file ({model, model_ema, optimizer, config: yacs CfgNode, ...}): ", end=""
+        f"official f32 vs official f64 logits: max abs {meta['official_f32_vs_f64'][0]:.3e}, "
+        f"rel {meta['official_f32_vs_f64'][1]:.3e}"
     )
+    return meta
+
+
+def build_strictly(models, name: str, ckpt: Path):
+    """``models.build(name, checkpoint=ckpt)`` in eval mode, or None (said why) if it fails."""
     try:
-        m3 = models.build(args.model, checkpoint=work / "ckpt_training_format.pth")
-        same = all(
-            torch.equal(a, b)
-            for a, b in zip(
-                m3.state_dict().values(), ours.float().state_dict().values(), strict=True
-            )
-        )
-        print(f"ours loads: True (weights equal: {same})")
+        ours = models.build(name, checkpoint=ckpt)
+    except Exception as err:
+        print(f"\nSTRICT LOAD FAILED: {type(err).__name__}: {err}")
+        return None
+    print(f"\nstrict load of {ckpt.name} into models.build({name!r}): ok")
+    return ours.eval()
+
+
+def check_load(ours, build) -> None:
+    """Print whether ``build()`` loads, and whether it gives the weights of ``ours``."""
+    import torch
+
+    try:
+        model = build()
     except Exception as err:
         print(f"ours loads: False ({type(err).__name__}: {str(err).splitlines()[0][:160]})")
+        return
+    pairs = zip(model.state_dict().values(), ours.float().state_dict().values(), strict=True)
+    same = all(torch.equal(a, b) for a, b in pairs)
+    print(f"ours loads: True (weights equal: {same})")
 
+
+def verdict(results: dict, args, work: Path) -> int:
+    """Write ``--json``, remove a temporary ``work``, print and return the verdict: logits
+    within 1e-4 (float32) and 1e-10 (float64) of the official ones, relative to their max."""
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if not args.keep and not args.workdir:
@@ -431,15 +455,7 @@ def stage_ours(args) -> int:
     return 0 if ok else 1
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vmamba-repo", type=Path, required=True)
-    p.add_argument(
-        "--official-python",
-        default="/tmp/offvenv/bin/python",
-        help="interpreter with torch, timm==0.4.12, einops, fvcore, packaging, triton",
-    )
-    p.add_argument("--model", default="vmamba-tiny-s1l8")
+def common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the official outputs here (default: a temp dir)")
     p.add_argument(
@@ -449,6 +465,18 @@ def main(argv=None) -> int:
     p.add_argument("--show-all", action="store_true", help="print every hooked activation")
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--stage", choices=["ours", "official"], default="ours", help=argparse.SUPPRESS)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vmamba-repo", type=Path, required=True)
+    p.add_argument(
+        "--official-python",
+        default="/tmp/offvenv/bin/python",
+        help="interpreter with torch, timm==0.4.12, einops, fvcore, packaging, triton",
+    )
+    p.add_argument("--model", default="vmamba-tiny-s1l8")
+    common_arguments(p)
     args = p.parse_args(argv)
     return stage_official(args) if args.stage == "official" else stage_ours(args)
 

@@ -2,7 +2,7 @@
 patch-to-patch matrix of any (stage, block). Backends: tiled (default), reference, triton.
 """
 
-from mambapanel.attention.capture import Capture, capture, ss2d_layers
+from mambapanel.attention.capture import Capture, capture, scan_layers
 from mambapanel.attention.hidden import BACKENDS, MODES, hidden_attention, route_backend
 from mambapanel.attention.reference import REDUCTIONS
 
@@ -14,5 +14,5 @@ __all__ = [
     "capture",
     "hidden_attention",
     "route_backend",
-    "ss2d_layers",
+    "scan_layers",
 ]

@@ -1,47 +1,55 @@
-"""Record what every SS2D scan reads during a forward pass, and compute hidden attention
-from those records on request; the model's output is untouched.
+"""Record what every scanning layer (VMamba's SS2D, Vim's mixer) reads during a forward pass,
+and compute hidden attention from those records on request; the model's output is untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 from torch import nn
 
 from mambapanel.attention.hidden import hidden_attention
+from mambapanel.models.vim import BiMamba, VimScanInputs
 from mambapanel.models.vmamba import SS2D, ScanInputs
 
 Tensor = torch.Tensor
+ScanLayer = SS2D | BiMamba
 
 
-def ss2d_layers(model: nn.Module) -> dict[tuple[int, int], SS2D]:
-    """Every SS2D addressed by (stage, block), from module names ``layers.S.blocks.B.op``."""
+def scan_layers(model: nn.Module) -> dict[tuple[int, int], ScanLayer]:
+    """Every scanning layer addressed by (stage, block): VMamba's SS2D from module names
+    ``layers.S.blocks.B.op``, Vim's mixers from ``layers.B.mixer`` (one stage, 0)."""
     found = {}
     for name, module in model.named_modules():
+        parts = name.split(".")
         if isinstance(module, SS2D):
-            parts = name.split(".")
             if len(parts) >= 4 and parts[0] == "layers" and parts[2] == "blocks":
                 found[int(parts[1]), int(parts[3])] = module
+        elif isinstance(module, BiMamba) and len(parts) == 3 and parts[0] == "layers":
+            found[0, int(parts[1])] = module
     if not found:
-        raise ValueError(f"{type(model).__name__} has no SS2D layers under layers.S.blocks.B.op")
+        raise ValueError(
+            f"{type(model).__name__} has no scanning layers (SS2D under layers.S.blocks.B.op, "
+            "Vim mixers under layers.B.mixer)"
+        )
     return found
 
 
 class Capture:
     """The scan inputs of the last forward pass, by (stage, block); see :func:`capture`."""
 
-    def __init__(self, layers: dict[tuple[int, int], SS2D]) -> None:
+    def __init__(self, layers: dict[tuple[int, int], ScanLayer]) -> None:
         self.layers = layers
-        self.records: dict[tuple[int, int], ScanInputs] = {}
+        self.records: dict[tuple[int, int], ScanInputs | VimScanInputs] = {}
 
     def keys(self) -> list[tuple[int, int]]:
         """The (stage, block) addresses recorded so far, sorted."""
         return sorted(self.records)
 
-    def inputs(self, stage: int, block: int) -> ScanInputs:
+    def inputs(self, stage: int, block: int) -> ScanInputs | VimScanInputs:
         """What the scan of (stage, block) read in the last forward pass."""
         if (stage, block) not in self.records:
             known = ", ".join(f"({s}, {b})" for s, b in sorted(self.layers))
@@ -59,13 +67,19 @@ class Capture:
         by_route, mode, backend, dtype, tile); ``reduce=None`` gives r(B, D, L, L),
         ``by_route=True`` adds a route axis after B.
         """
-        return hidden_attention(self.inputs(stage, block), **options)
+        inputs = self.inputs(stage, block)
+        if isinstance(inputs, VimScanInputs):
+            raise NotImplementedError(
+                "hidden attention of Vim mixers is not implemented yet; "
+                "Capture.inputs(stage, block) holds what their scans read"
+            )
+        return hidden_attention(inputs, **options)
 
     def _record(self, address: tuple[int, int]):
-        def record(module: SS2D, inputs: ScanInputs) -> None:
+        def record(module: ScanLayer, inputs: ScanInputs | VimScanInputs) -> None:
             values = {f.name: getattr(inputs, f.name) for f in fields(inputs)}
-            self.records[address] = ScanInputs(
-                **{k: v.detach() if isinstance(v, Tensor) else v for k, v in values.items()}
+            self.records[address] = replace(
+                inputs, **{k: v.detach() for k, v in values.items() if isinstance(v, Tensor)}
             )
 
         return record
@@ -81,7 +95,7 @@ def capture(model: nn.Module, blocks: Iterable[tuple[int, int]] | None = None) -
     ...     logits = model(images)
     >>> a = cap.attention(stage=0, block=1)  # (B, L, L)
     """
-    layers = ss2d_layers(model)
+    layers = scan_layers(model)
     chosen = sorted(layers) if blocks is None else sorted(set(map(tuple, blocks)))
     for address in chosen:
         if address not in layers:

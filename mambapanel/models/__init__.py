@@ -1,12 +1,16 @@
 """Vision Mamba models by name, and loading of official or our own checkpoints.
 
-``build("vmamba-tiny-s1l8", order="cross", checkpoint=PATH)`` is the one way in.
+``build("vmamba-tiny-s1l8", order="cross", checkpoint=PATH)`` is the one way in; the same for
+Vim, ``build("vim-tiny", checkpoint=PATH)``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +23,19 @@ from mambapanel.models.checkpoint_file import (
     read_checkpoint,
     write_checkpoint,
 )
+from mambapanel.models.vim import BiMamba, Vim, VimScanInputs, grid_size
 from mambapanel.models.vmamba import SS2D, VSSM, ScanInputs
 
 __all__ = [
     "CONFIGS",
+    "FAMILIES",
     "SS2D",
     "VSSM",
+    "BiMamba",
     "CheckpointError",
     "ScanInputs",
+    "Vim",
+    "VimScanInputs",
     "available",
     "build",
     "load_checkpoint",
@@ -34,18 +43,61 @@ __all__ = [
     "write_checkpoint",
 ]
 
-# Name -> constructor arguments; the comment names the upstream classification config.
+
+@dataclass(frozen=True)
+class Family:
+    """What a model family's checkpoints look like and how its models are built."""
+
+    title: str  # how messages name it
+    model: type[nn.Module]
+    default_order: str  # the order of the official checkpoints
+    head: str  # the classifier's weight: one row per class
+    layer_key: re.Pattern  # keys of its scanning layers: every checkpoint of it has some
+
+
+FAMILIES: dict[str, Family] = {
+    "vmamba": Family(
+        "VMamba", VSSM, "cross", "classifier.head.weight", re.compile(r"^layers\.\d+\.blocks\.")
+    ),
+    "vim": Family("Vim", Vim, "bidirectional", "head.weight", re.compile(r"^layers\.\d+\.mixer\.")),
+}
+
+# Name -> family and constructor arguments; the comment names the upstream config.
 CONFIGS: dict[str, dict[str, Any]] = {
     # vssm1_tiny_0230s
-    "vmamba-tiny-s1l8": dict(dims=(96, 192, 384, 768), depths=(2, 2, 8, 2), ssm_ratio=1.0),
+    "vmamba-tiny-s1l8": dict(
+        family="vmamba", dims=(96, 192, 384, 768), depths=(2, 2, 8, 2), ssm_ratio=1.0
+    ),
     # vssm1_tiny_0230
-    "vmamba-tiny-s2l5": dict(dims=(96, 192, 384, 768), depths=(2, 2, 5, 2), ssm_ratio=2.0),
+    "vmamba-tiny-s2l5": dict(
+        family="vmamba", dims=(96, 192, 384, 768), depths=(2, 2, 5, 2), ssm_ratio=2.0
+    ),
     # vssm1_small_0229s
-    "vmamba-small-s1l20": dict(dims=(96, 192, 384, 768), depths=(2, 2, 20, 2), ssm_ratio=1.0),
+    "vmamba-small-s1l20": dict(
+        family="vmamba", dims=(96, 192, 384, 768), depths=(2, 2, 20, 2), ssm_ratio=1.0
+    ),
     # vssm1_base_0229s
-    "vmamba-base-s1l20": dict(dims=(128, 256, 512, 1024), depths=(2, 2, 20, 2), ssm_ratio=1.0),
+    "vmamba-base-s1l20": dict(
+        family="vmamba", dims=(128, 256, 512, 1024), depths=(2, 2, 20, 2), ssm_ratio=1.0
+    ),
     # Ours: small enough to train on two CPU cores in minutes (the demo models).
-    "vmamba-micro": dict(dims=(16, 32, 64, 128), depths=(2, 2, 2, 2), ssm_ratio=1.0),
+    "vmamba-micro": dict(
+        family="vmamba", dims=(16, 32, 64, 128), depths=(2, 2, 2, 2), ssm_ratio=1.0
+    ),
+    # vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2
+    "vim-tiny": dict(family="vim", embed_dim=192, depth=24),
+    # vim_tiny_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2
+    "vim-tiny-stride8": dict(family="vim", embed_dim=192, depth=24, stride=8),
+    # vim_small_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2
+    "vim-small": dict(family="vim", embed_dim=384, depth=24),
+    # vim_small_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2
+    "vim-small-stride8": dict(family="vim", embed_dim=384, depth=24, stride=8),
+    # vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2
+    "vim-base": dict(family="vim", embed_dim=768, depth=24),
+    # Ours, to train on two CPU cores in minutes: the 8x8 digits upscaled to 32 px, one
+    # patch per digit pixel (8x8 patches, 65 tokens). d_state 4, not 16: on a CPU the scan's
+    # cost grows faster than N (its states leave the cache), a training step ~7x at N = 16.
+    "vim-micro": dict(family="vim", img_size=32, patch_size=4, embed_dim=64, depth=4, d_state=4),
 }
 
 
@@ -60,7 +112,7 @@ def build(
     checkpoint: str | Path | None = None,
     num_classes: int | None = None,
     **overrides: Any,
-) -> VSSM:
+) -> nn.Module:
     """Build a model by name, optionally loading a checkpoint (strict).
 
     Parameters
@@ -69,23 +121,29 @@ def build(
         One of :func:`available`.
     order : str, optional
         Patch order (``mambapanel.orders``). Default: the order recorded in the checkpoint
-        by ``compute train``, else ``cross`` (what the official checkpoints use).
+        by ``compute train``, else the official one: ``cross`` for VMamba, ``bidirectional``
+        for Vim.
     checkpoint : path, optional
         An official checkpoint (``model`` / ``model_ema`` / bare state_dict) or one of ours.
     num_classes : int, optional
         Classifier width; default 1000, or the checkpoint's head size.
+    overrides
+        Constructor arguments that replace the config's (e.g. ``img_size`` of a Vim).
     """
     if name not in CONFIGS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(available())}")
     config = {**CONFIGS[name], **overrides}
+    family = FAMILIES[config.pop("family")]
     state_dict, meta = (None, {})
     if checkpoint is not None:
         state_dict, meta = read_state_dict(checkpoint)
-        if num_classes is None and "classifier.head.weight" in state_dict:
-            num_classes = state_dict["classifier.head.weight"].shape[0]
+        if num_classes is None and family.head in state_dict:
+            num_classes = state_dict[family.head].shape[0]
         if order is None:
             order = meta.get("order")
-    model = VSSM(**config, num_classes=num_classes or 1000, order=order or "cross")
+    model = family.model(
+        **config, num_classes=num_classes or 1000, order=order or family.default_order
+    )
     model.name = name
     if state_dict is not None:
         load_checkpoint(model, state_dict, source=str(checkpoint))
@@ -95,7 +153,8 @@ def build(
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint file into (state_dict with official renames applied, metadata).
+    """Read a checkpoint file into (state_dict, metadata); the official VMamba renames are
+    applied to any checkpoint that is not a Vim one.
 
     Accepts ``.safetensors``, or a torch file holding ``{"model": sd}``, ``{"model_ema": sd}``
     or a bare state_dict, read without running anything it holds
@@ -123,7 +182,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     meta = dict(obj.get(META_KEY, {})) if isinstance(obj.get(META_KEY), dict) else {}
     meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     meta["skipped"] = read.stand_ins
-    return rename_official_keys(tensors), meta
+    if checkpoint_family(tensors) != "vim":
+        tensors = rename_official_keys(tensors)
+    return tensors, meta
 
 
 # The upstream loader's renames of older key names (its VSSM._load_from_state_dict).
@@ -147,8 +208,75 @@ def rename_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
+def checkpoint_family(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The family (a key of :data:`FAMILIES`) whose scanning layers the checkpoint holds."""
+    for name, family in FAMILIES.items():
+        if any(family.layer_key.match(key) for key in state_dict):
+            return name
+    return None
+
+
+def check_family_and_size(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
+) -> None:
+    """Refuse a checkpoint of another family, naming both and the first keys that differ,
+    or a Vim checkpoint of another size, naming its size."""
+    ours = next((n for n, f in FAMILIES.items() if isinstance(model, f.model)), None)
+    found = checkpoint_family(state_dict)
+    name = getattr(model, "name", type(model).__name__)
+    expected = model.state_dict()
+    if ours is not None and found is not None and found != ours:
+        extra = [k for k in state_dict if k not in expected][:5]
+        lacking = [k for k in expected if k not in state_dict][:5]
+        raise CheckpointError(
+            f"{source}: a {FAMILIES[found].title} checkpoint, but {name} is a "
+            f"{FAMILIES[ours].title} model; first mismatching keys:\n"
+            f"  in the checkpoint, not in the model: {', '.join(extra)}\n"
+            f"  in the model, not in the checkpoint: {', '.join(lacking)}"
+        )
+    if ours == "vim":
+        size, model_size = _vim_size(state_dict), _vim_size(expected)
+        if size is not None and size != model_size:
+            named = [n for n, c in CONFIGS.items() if c["family"] == "vim" and _size(c) == size]
+            what = f"a {named[0]} checkpoint" if named else "a Vim checkpoint of another size"
+            raise CheckpointError(
+                f"{source}: {what} (embed_dim {size[0]}, depth {size[1]}, "
+                f"{_patches(size[2])}), not {name} ({model_size[0]}, {model_size[1]}, "
+                f"{_patches(model_size[2])})"
+                + (
+                    "; give build() the img_size it was trained at"
+                    if size[:2] == model_size[:2]
+                    else ""
+                )
+            )
+
+
+def _vim_size(state_dict: dict[str, torch.Tensor]) -> tuple[int, int, int] | None:
+    """(embed_dim, depth, patches) of a Vim state_dict, from pos_embed and the layer keys."""
+    pos_embed = state_dict.get("pos_embed")
+    if pos_embed is None or pos_embed.dim() != 3:
+        return None
+    layers = {m[1] for key in state_dict if (m := re.match(r"layers\.(\d+)\.", key))}
+    return pos_embed.shape[2], len(layers), pos_embed.shape[1] - 1
+
+
+def _size(config: dict[str, Any]) -> tuple[int, int, int]:
+    """:func:`_vim_size` of the model a Vim config builds."""
+    c = {p.name: p.default for p in inspect.signature(Vim).parameters.values()} | config
+    H, W = grid_size(c["img_size"], c["patch_size"], c["stride"] or c["patch_size"])
+    return c["embed_dim"], c["depth"], H * W
+
+
+def _patches(count: int) -> str:
+    side = math.isqrt(count)
+    return f"{side}x{side} patches" if side * side == count else f"{count} patches"
+
+
 def load_checkpoint(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load strictly, with an error that lists missing/unexpected keys and shape mismatches."""
+    """Load strictly. A checkpoint of another family or (Vim) size is refused by name
+    (:func:`check_family_and_size`); otherwise the error lists missing/unexpected keys and
+    shape mismatches."""
+    check_family_and_size(model, state_dict, source)
     expected = model.state_dict()
     state_dict = dict(state_dict)
     for key, value in state_dict.items():
