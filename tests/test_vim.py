@@ -190,8 +190,7 @@ def test_capture_finds_every_vim_mixer(micro64):
     assert all(not m.scan_recorders for m in attention.scan_layers(micro64).values())
     assert isinstance(cap.inputs(0, 3), models.VimScanInputs)
     assert not cap.inputs(0, 3).u.requires_grad
-    with pytest.raises(NotImplementedError, match="Vim mixers"):
-        cap.attention(0, 3)
+    assert cap.attention(0, 3).shape == (1, 60, 60)  # a 6x10 grid of 4 px patches
     with pytest.raises(IndexError, match="one stage"):
         micro64.mixer(1, 0)
     with pytest.raises(IndexError, match="has 4"):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mambapanel.attention.hidden import hidden_attention
+from mambapanel.attention.vim import split_cls, vim_attention
 from mambapanel.models.vim import BiMamba, VimScanInputs
 from mambapanel.models.vmamba import SS2D, ScanInputs
 
@@ -65,15 +66,30 @@ class Capture:
 
         ``options`` are those of :func:`mambapanel.attention.hidden_attention` (reduce,
         by_route, mode, backend, dtype, tile); ``reduce=None`` gives r(B, D, L, L),
-        ``by_route=True`` adds a route axis after B.
+        ``by_route=True`` adds a route axis after B. For a Vim mixer, the patch-to-patch
+        part of :func:`mambapanel.attention.vim.vim_attention` (L = P patches; the CLS token's
+        row and column: :meth:`cls_attention`).
         """
         inputs = self.inputs(stage, block)
         if isinstance(inputs, VimScanInputs):
-            raise NotImplementedError(
-                "hidden attention of Vim mixers is not implemented yet; "
-                "Capture.inputs(stage, block) holds what their scans read"
-            )
+            return split_cls(vim_attention(inputs, **options), inputs.cls_token)[0]
         return hidden_attention(inputs, **options)
+
+    def cls_attention(self, stage: int, block: int, **options) -> tuple[Tensor, Tensor]:
+        """A Vim mixer's attention from its CLS token to every patch (the CLS row) and from
+        every patch to the CLS token (its column): (r(B, P), r(B, P)), patches row-major; a
+        channel and a route axis as :meth:`attention` gives them.
+
+        Raises
+        ------
+        TypeError
+            (stage, block) is not a Vim mixer: VMamba has no CLS token.
+        """
+        inputs = self.inputs(stage, block)
+        if not isinstance(inputs, VimScanInputs):
+            raise TypeError(f"stage {stage}, block {block} is an SS2D layer: it has no CLS token")
+        _, from_cls, to_cls = split_cls(vim_attention(inputs, **options), inputs.cls_token)
+        return from_cls, to_cls
 
     def _record(self, address: tuple[int, int]):
         def record(module: ScanLayer, inputs: ScanInputs | VimScanInputs) -> None:

@@ -118,6 +118,7 @@ def routes_attention(
     tile: int | None = None,
     grid: tuple[int, int] | None = None,
     fold: Callable[[Tensor, int], Tensor] | None = None,
+    weights: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Every route's step-space attention moved to item order and summed (or kept apart):
     α[i, j] = Σ_k α_k[step_k(i), step_k(j)], items being what ``routes`` index (patches
@@ -134,9 +135,14 @@ def routes_attention(
         transposed view (one pass instead of three gathers).
     fold : callable(alpha r(Bt, D, L, L) in item order, k) -> r(Bt, D, L, L), optional
         Applied to each route's per-channel matrix before ``reduce`` (the implicit mode).
+    weights : (query r(Bt, K, D, L), key r(Bt, K, D, L)), optional
+        In each route's step order: the weighted mean over channels of each route's matrix
+        (``reduce="mean"``; backends tiled and reference).
     Other parameters as :func:`hidden_attention`.
     """
     check_reduce(reduce)
+    if weights is not None and backend == "triton":
+        raise ValueError("weights need the tiled or reference backend, not triton")
     route_attention = route_backend(backend)
     options = {} if tile is None or backend == "reference" else {"tile": tile}
     steps = orders.inverse(routes.cpu()).to(routes.device)
@@ -165,7 +171,14 @@ def routes_attention(
                 step_buffer = _scratch((Bt, *channels, L, L), dtype, delta.device)
             into = {"out": step_buffer} if backend == "tiled" else {}
             alpha = route_attention(
-                delta[:, k], A[k], B[:, k], C[:, k], reduce=per_route_reduce, **options, **into
+                delta[:, k],
+                A[k],
+                B[:, k],
+                C[:, k],
+                reduce=per_route_reduce,
+                **options,
+                **into,
+                **_route_weights(weights, k, dtype),
             )
             if partner is not None:
                 route_attention(
@@ -177,6 +190,7 @@ def routes_attention(
                     out=alpha,
                     add_reversed=True,
                     **options,
+                    **_route_weights(weights, partner, dtype),
                 )
             if (
                 merging
@@ -214,6 +228,15 @@ def routes_attention(
                 result.add_(patch)
             step_buffer = alpha
     return result
+
+
+def _route_weights(
+    weights: tuple[Tensor, Tensor] | None, k: int, dtype: torch.dtype
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Route ``k``'s channel weights as a keyword (none at all without weights)."""
+    if weights is None:
+        return {}
+    return {"weights": (weights[0][:, k].to(dtype), weights[1][:, k].to(dtype))}
 
 
 # Per thread: one step-space buffer kept between calls (never returned to the caller).
