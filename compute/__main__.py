@@ -45,7 +45,8 @@ def extract(args: argparse.Namespace) -> int:
 
     if args.size is None:
         trained = models.read_state_dict(args.checkpoint)[1] if args.checkpoint else {}
-        args.size = trained.get("config", {}).get("image_size", 224)
+        args.size = trained.get("config", {}).get("image_size") or models.input_size(args.model)
+        args.size = args.size or 224
     run_extract(
         args.out,
         n=args.n,
@@ -137,7 +138,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         type=POSITIVE,
         default=None,
         help="image side in pixels (default: the size a `compute train` checkpoint was "
-        "trained at, else 224)",
+        "trained at, else the model's own (a Vim's: 224, vim-micro 32), else 224)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
 
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         description=train.__doc__,
     )
     from mambapanel import datasets
-    from mambapanel.train import STORAGE_DTYPES, TrainConfig
+    from mambapanel.train import DEFAULT_SIZE, STORAGE_DTYPES, TrainConfig
 
     defaults = TrainConfig()
     p.add_argument("--model", default=defaults.model, choices=models.available())
@@ -255,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         "metadata only, which no reader can be made to run code from)",
     )
     p.add_argument(
-        "--size", type=POSITIVE, default=defaults.image_size, help="input side in pixels"
+        "--size",
+        type=POSITIVE,
+        default=defaults.image_size,
+        help=f"input side in pixels (default: a Vim's own, e.g. 32 for vim-micro; "
+        f"{DEFAULT_SIZE} for VMamba)",
     )
     p.add_argument("--batch-size", type=POSITIVE, default=defaults.batch_size)
     p.add_argument(

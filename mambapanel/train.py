@@ -1,4 +1,4 @@
-"""Training of small VMamba models on a packaged dataset (``python -m compute train``).
+"""Training of small VMamba and Vim models on a packaged dataset (``python -m compute train``).
 
 The demo models are trained here: one ``vmamba-micro`` per patch order on the ``demo``
 dataset (:mod:`mambapanel.datasets`), each with a fixed seed, so that the committed
@@ -21,7 +21,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ from tqdm.auto import tqdm
 
 from mambapanel import data, datasets, models, orders
 from mambapanel.errors import MambapanelError, check_writable_folder
+from mambapanel.models.vim import BiMamba, Vim, token_routes
 from mambapanel.models.vmamba import SS2D, VSSM
 
 STORAGE_DTYPES = ("float32", "float16")
+DEFAULT_SIZE = 64  # VMamba's input side when none is given: the 8x8 digits upscaled
 
 
 class TrainError(MambapanelError, ValueError):
@@ -47,7 +49,7 @@ class TrainConfig:
     model: str = "vmamba-micro"
     order: str = "cross"
     dataset: str = "demo"
-    image_size: int = 64
+    image_size: int | None = None  # None: the model's own (a Vim's), else DEFAULT_SIZE
     epochs: int = 15
     batch_size: int = 64
     lr: float = 2e-3
@@ -59,12 +61,22 @@ class TrainConfig:
     skip_init: float = 0.0
     x_proj_init: float = 1.0
 
+    def resolved(self) -> TrainConfig:
+        """This config with its image size decided; a Vim takes only its own size."""
+        own = models.input_size(self.model)
+        if own is not None and self.image_size not in (None, own):
+            raise TrainError(
+                f"train: {self.model} takes {own} px images (its position embedding has one "
+                f"row per patch), got image_size {self.image_size}"
+            )
+        return replace(self, image_size=self.image_size or own or DEFAULT_SIZE)
+
     def check(self) -> None:
         """Refuse values that would fail later or train nothing, naming the setting."""
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
-            "image_size": self.image_size,
+            "image_size": self.image_size if self.image_size is not None else 1,
             "lr": self.lr,
         }
         for name, value in positive.items():
@@ -139,6 +151,7 @@ def train(
     if storage not in STORAGE_DTYPES:
         raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage!r}")
     config.check()
+    config = config.resolved()
     out = Path(out)
     check_output(out)  # before the training, not after it
     dataset = datasets.load(config.dataset)
@@ -147,8 +160,11 @@ def train(
     model = models.build(config.model, order=config.order, num_classes=len(dataset.classes))
     with torch.no_grad():
         for layer in ssm_layers(model):
-            layer.Ds.fill_(config.skip_init)
-            torch.nn.init.uniform_(layer.x_proj_weight, -config.x_proj_init, config.x_proj_init)
+            skips, projections = _skips_and_projections(layer)
+            for skip in skips:
+                skip.fill_(config.skip_init)
+            for projection in projections:
+                torch.nn.init.uniform_(projection, -config.x_proj_init, config.x_proj_init)
     train_x, train_y = _tensors(dataset.train, config.image_size)
     test_x, test_y = _tensors(dataset.test, config.image_size)
 
@@ -206,7 +222,7 @@ def train(
         "test_accuracy_other_order": {
             order: accuracy(with_order(model, order), test_x, test_y)
             for order in ("cross", "random")
-            if order != config.order and _routes(order) == _routes(config.order)
+            if _scans_differently(model, order, config.order)
         },
         "loss_per_epoch": history,
         "storage_dtype": storage,
@@ -218,19 +234,37 @@ def train(
     return meta
 
 
-def ssm_layers(model: torch.nn.Module) -> list[SS2D]:
-    return [module for module in model.modules() if isinstance(module, SS2D)]
+def ssm_layers(model: torch.nn.Module) -> list[SS2D | BiMamba]:
+    """The scanning layers of a VMamba (SS2D) or a Vim (its mixers)."""
+    return [module for module in model.modules() if isinstance(module, SS2D | BiMamba)]
 
 
-def _routes(order: str) -> int:
-    return orders.routes(order, 2, 2).shape[0]
+def _skips_and_projections(
+    layer: SS2D | BiMamba,
+) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """A layer's skip weights D and its x_proj weights (Vim: one of each per route)."""
+    if isinstance(layer, SS2D):
+        return [layer.Ds], [layer.x_proj_weight]
+    return [layer.D, layer.D_b], [layer.x_proj.weight, layer.x_proj_b.weight]
 
 
-def with_order(model: VSSM, order: str) -> VSSM:
+def _scans_differently(model: torch.nn.Module, order: str, own: str) -> bool:
+    """``order`` can replace ``own`` in ``model`` (VMamba: as many routes) and scans other
+    paths (Vim scans route 0 of an order and its reverse: cross's is row-major too)."""
+    if order == own:
+        return False
+    if isinstance(model, Vim):
+        grid = model.grid
+        return not torch.equal(token_routes(order, *grid), token_routes(own, *grid))
+    return orders.routes(order, 2, 2).shape[0] == orders.routes(own, 2, 2).shape[0]
+
+
+def with_order(model: VSSM | Vim, order: str) -> VSSM | Vim:
     """A copy of ``model`` that scans in ``order`` (same weights; same number of routes)."""
     other = copy.deepcopy(model)
     for layer in ssm_layers(other):
-        layer.order = order
+        if isinstance(layer, SS2D):  # a Vim's mixers take their routes from the model
+            layer.order = order
     other.order = order
     return other
 
@@ -239,10 +273,10 @@ def accuracy_without_scan(
     model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
 ) -> float:
     """:func:`accuracy` with every scan's attention term removed (α = 0): each block's
-    scan output is its skip term (Σ_k D_k) u alone."""
+    scan output is its skip term alone (``SS2D.skip``, ``BiMamba.skip``)."""
     layers = ssm_layers(model)
     for layer in layers:
-        layer.scan = lambda inputs: inputs.u * inputs.Ds.sum(0)[None, :, None, None]
+        layer.scan = layer.skip
     try:
         return accuracy(model, images, labels)
     finally:

@@ -191,6 +191,49 @@ def test_without_scan_removes_exactly_the_attention_term():
         torch.testing.assert_close(model(x), scanning)  # the model's own scan is back
 
 
+def test_train_a_vim_at_its_own_size(tiny, tmp_path):
+    config = train.TrainConfig(model="vim-micro", order="morton", dataset=tiny, epochs=1,
+                               batch_size=12, shift=1)  # fmt: skip
+    meta = train.train(config, tmp_path / "vim.pth", progress=False)
+    assert meta["config"]["image_size"] == 32  # vim-micro's own
+    model = models.build("vim-micro", checkpoint=tmp_path / "vim.pth")
+    assert model.order == "morton" and model.head.out_features == 2
+    # The departures from Mamba's initialisation reach both routes of every mixer.
+    assert set(meta["test_accuracy_other_order"]) == {"cross", "random"}
+    with pytest.raises(train.TrainError, match="vim-micro takes 32 px images"):
+        train.train(train.TrainConfig(model="vim-micro", image_size=64, dataset=tiny),
+                    tmp_path / "no.pth", progress=False)  # fmt: skip
+
+
+def test_without_scan_of_a_vim_removes_exactly_the_attention_term():
+    torch.manual_seed(0)
+    model = models.build("vim-micro", num_classes=3)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        for layer in train.ssm_layers(model):
+            for skip, projection in zip(*train._skips_and_projections(layer), strict=True):
+                skip.fill_(0.3)
+                projection.uniform_(-1, 1)
+        scanning = model(x)
+        reference = models.build("vim-micro", num_classes=3)
+        reference.load_state_dict(model.state_dict())
+        for layer in train.ssm_layers(reference):  # B = C = 0: α = 0 exactly
+            for projection in train._skips_and_projections(layer)[1]:
+                projection[-2 * layer.d_state :].zero_()
+        expected = reference(x)
+    assert (scanning - expected).abs().max() > 1e-3
+    calls = []
+    original = train.accuracy
+    train.accuracy = lambda m, images, labels: calls.append(m(images)) or 0.0
+    try:
+        train.accuracy_without_scan(model, x, None)
+    finally:
+        train.accuracy = original
+    torch.testing.assert_close(calls[0], expected)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), scanning)
+
+
 def test_demo_checkpoints_are_small():
     total = sum(demo.checkpoint(order).stat().st_size for order in demo.DEMO_ORDERS)
     assert total < 10 * 2**20

@@ -38,6 +38,7 @@ __all__ = [
     "VimScanInputs",
     "available",
     "build",
+    "input_size",
     "load_checkpoint",
     "read_state_dict",
     "write_checkpoint",
@@ -103,6 +104,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def available() -> list[str]:
     return sorted(CONFIGS)
+
+
+def input_size(name: str) -> int | None:
+    """The image side model ``name`` takes: a Vim's is fixed by its position embedding
+    (224 unless its config says otherwise); None for VMamba, which takes any."""
+    config = CONFIGS[name]
+    if config["family"] != "vim":
+        return None
+    size = config.get("img_size", inspect.signature(Vim).parameters["img_size"].default)
+    return size if isinstance(size, int) else size[0]
 
 
 def build(

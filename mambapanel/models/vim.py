@@ -208,6 +208,12 @@ class BiMamba(nn.Module):
         ys = selective_scan(inputs.u, inputs.delta, inputs.A, inputs.B, inputs.C, inputs.Ds)
         return merge_routes(ys, inputs.routes)
 
+    @staticmethod
+    def skip(inputs: VimScanInputs) -> Tensor:
+        """What :meth:`scan` gives with every attention term removed (α = 0): each route's
+        skip term D_k u_k, merged in token order, r(Bt, D, T)."""
+        return merge_routes(inputs.Ds[None, :, :, None] * inputs.u, inputs.routes)
+
     def forward(self, hidden: Tensor, routes: Tensor, grid: tuple[int, int]) -> Tensor:
         """r(Bt, T, C) -> r(Bt, T, C), token order; ``routes`` r(K, T) from
         :func:`token_routes`."""

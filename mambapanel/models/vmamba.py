@@ -168,6 +168,12 @@ class SS2D(nn.Module):
         ys = selective_scan(us, inputs.delta, inputs.A, inputs.B, inputs.C, inputs.Ds)
         return merge_routes(ys, routes).view(u.shape)
 
+    @staticmethod
+    def skip(inputs: ScanInputs) -> Tensor:
+        """What :meth:`scan` gives with every attention term removed (α = 0): the skip term
+        (Σ_k D_k) u alone, r(Bt, D, H, W)."""
+        return inputs.u * inputs.Ds.sum(0)[None, :, None, None]
+
     def forward(self, x: Tensor) -> Tensor:
         inputs = self.scan_inputs(x)
         for record in self.scan_recorders:
