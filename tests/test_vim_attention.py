@@ -95,7 +95,8 @@ def test_gradient_weighted_mean_matches_the_per_channel_matrices():
     generator = torch.Generator().manual_seed(3)
     weights = tuple(torch.randn(inputs.delta.shape, generator=generator, dtype=torch.float64)
                     for _ in "qk")  # fmt: skip
-    per_channel = vim_attention(inputs, reduce=None, by_route=True, dtype=torch.float64)
+    # Weighted means are not halved (the ½ of the merge may sit on either factor).
+    per_channel = 2 * vim_attention(inputs, reduce=None, by_route=True, dtype=torch.float64)
     steps = orders.inverse(inputs.routes)
     by_hand = sum(
         (weights[0][:, k][..., steps[k]][..., :, None] * per_channel[:, k]
@@ -130,3 +131,53 @@ def test_capture_of_a_vim_gives_patch_matrices_and_the_cls_row_and_column():
         with torch.no_grad(), attention.capture(vmamba) as cap:
             vmamba(torch.randn(1, 3, 32, 32))
         cap.cls_attention(stage=0, block=0)
+
+
+def explicit_scan(alphas, reshape):
+    """A layer's scan written as y = Σ_k (α_k u_k + D_k u_k) with the α_k as given tensors
+    (leaves of autograd), u_k each route's input in item order."""
+
+    def scan(inputs):
+        steps = orders.inverse(inputs.routes)
+        if inputs.u.dim() == 4 and inputs.u.shape[1] == len(steps):  # Vim: u per route
+            inputs_k = [inputs.u[:, k][..., steps[k]] for k in range(len(steps))]
+        else:
+            inputs_k = [inputs.u.flatten(2)] * len(steps)
+        y = sum(
+            torch.einsum("bdij,bdj->bdi", alpha, u) + inputs.Ds[k][None, :, None] * u
+            for k, (alpha, u) in enumerate(zip(alphas, inputs_k, strict=True))
+        )
+        return reshape(y, inputs)
+
+    return scan
+
+
+@pytest.mark.parametrize(("name", "address", "size"), [("vmamba-micro", (1, 1), 32),
+                                                       ("vim-micro", (0, 2), 32)])  # fmt: skip
+def test_attribution_is_gradient_times_attention_by_autograd(name, address, size):
+    """Capture.attribution against autograd of the scan written with explicit α_k."""
+    torch.manual_seed(1)
+    model = models.build(name, num_classes=5).double()
+    for parameter in model.parameters():  # off the init: skips, A and biases all matter
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    images = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with attention.capture(model, gradients=True) as cap:
+        model(images)[:, 3].sum().backward()
+    got = cap.attribution(*address, dtype=torch.float64)
+
+    inputs = cap.inputs(*address)
+    per_route = cap.item_attention(*address, reduce=None, by_route=True, dtype=torch.float64)
+    if isinstance(inputs, models.VimScanInputs):
+        per_route = per_route * 2  # the mixer's halving comes after its scan
+    alphas = [per_route[:, k].clone().requires_grad_() for k in range(per_route.shape[1])]
+    layer = attention.scan_layers(model)[address]
+    reshape = (lambda y, i: y) if name.startswith("vim") else (lambda y, i: y.view(i.u.shape))
+    layer.scan = explicit_scan(alphas, reshape)
+    try:
+        model.zero_grad()
+        model(images)[:, 3].sum().backward()
+    finally:
+        del layer.scan
+    expected = sum((alpha.grad * alpha.detach()).mean(1) for alpha in alphas)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    assert got.abs().max() > 0

@@ -13,6 +13,7 @@ from torch import nn
 
 from mambapanel.attention.hidden import hidden_attention
 from mambapanel.attention.vim import split_cls, vim_attention
+from mambapanel.models.scan import along_routes
 from mambapanel.models.vim import BiMamba, VimScanInputs
 from mambapanel.models.vmamba import SS2D, ScanInputs
 
@@ -45,6 +46,8 @@ class Capture:
     def __init__(self, layers: dict[tuple[int, int], ScanLayer]) -> None:
         self.layers = layers
         self.records: dict[tuple[int, int], ScanInputs | VimScanInputs] = {}
+        # ∂(what was back-propagated)/∂(scan output), item order, with gradients=True.
+        self.gradients: dict[tuple[int, int], Tensor] = {}
 
     def keys(self) -> list[tuple[int, int]]:
         """The (stage, block) addresses recorded so far, sorted."""
@@ -75,6 +78,37 @@ class Capture:
             return split_cls(vim_attention(inputs, **options), inputs.cls_token)[0]
         return hidden_attention(inputs, **options)
 
+    def item_attention(self, stage: int, block: int, **options) -> Tensor:
+        """:meth:`attention` over every item the scan orders: VMamba's patches, Vim's tokens
+        (the patches row-major, then the CLS token)."""
+        inputs = self.inputs(stage, block)
+        if isinstance(inputs, VimScanInputs):
+            return vim_attention(inputs, **options)
+        return hidden_attention(inputs, **options)
+
+    def attribution(self, stage: int, block: int, **options) -> Tensor:
+        """Gradient × attention over items (as :meth:`item_attention`): the mean over
+        channels of ∂s/∂α ⊙ α, r(B, L, L), for the score s that was back-propagated through
+        a forward pass of ``capture(model, gradients=True)``. Exact and as fast as
+        :meth:`attention`: with y = α u + D u, ∂s/∂α_d[i, j] = ∂s/∂y_d[i] · u_d[j], so it is
+        the channel mean weighted by the output's gradient (queries) and the scan's input
+        (keys). ``options``: backend, dtype, tile.
+        """
+        inputs = self.inputs(stage, block)
+        if (stage, block) not in self.gradients:
+            raise KeyError(
+                f"stage {stage}, block {block}: no gradient recorded; capture with "
+                "gradients=True and back-propagate a score through the forward pass"
+            )
+        gradient = self.gradients[stage, block].flatten(2)  # (B, D, items)
+        routes = inputs.routes
+        query = along_routes(gradient, routes)
+        if isinstance(inputs, VimScanInputs):
+            key = inputs.u  # already each route's own input, in its step order
+        else:
+            key = along_routes(inputs.u.flatten(2), routes)
+        return self.item_attention(stage, block, weights=(query, key), **options)
+
     def cls_attention(self, stage: int, block: int, **options) -> tuple[Tensor, Tensor]:
         """A Vim mixer's attention from its CLS token to every patch (the CLS row) and from
         every patch to the CLS token (its column): (r(B, P), r(B, P)), patches row-major; a
@@ -91,19 +125,42 @@ class Capture:
         _, from_cls, to_cls = split_cls(vim_attention(inputs, **options), inputs.cls_token)
         return from_cls, to_cls
 
-    def _record(self, address: tuple[int, int]):
-        def record(module: ScanLayer, inputs: ScanInputs | VimScanInputs) -> None:
+    def _record(self, address: tuple[int, int], gradients: bool):
+        def record(module: ScanLayer, inputs: ScanInputs | VimScanInputs):
             values = {f.name: getattr(inputs, f.name) for f in fields(inputs)}
             self.records[address] = replace(
                 inputs, **{k: v.detach() for k, v in values.items() if isinstance(v, Tensor)}
             )
+            return self._gradient_hook(address) if gradients else None
 
         return record
 
+    def _gradient_hook(self, address: tuple[int, int]):
+        def on_output(output: Tensor) -> None:
+            if not output.requires_grad:
+                raise RuntimeError(
+                    "capture(gradients=True) needs a forward pass that tracks gradients "
+                    "(not under torch.no_grad())"
+                )
+
+            def keep(gradient: Tensor) -> None:
+                self.gradients[address] = gradient.detach()
+
+            output.register_hook(keep)
+
+        return on_output
+
 
 @contextmanager
-def capture(model: nn.Module, blocks: Iterable[tuple[int, int]] | None = None) -> Iterator[Capture]:
-    """Record the scans of ``model`` (all, or only the given (stage, block) addresses).
+def capture(
+    model: nn.Module,
+    blocks: Iterable[tuple[int, int]] | None = None,
+    *,
+    gradients: bool = False,
+) -> Iterator[Capture]:
+    """Record the scans of ``model`` (all, or only the given (stage, block) addresses); with
+    ``gradients``, also the gradient that a backward pass sends to each scan's output (for
+    :meth:`Capture.attribution`).
 
     Examples
     --------
@@ -120,7 +177,7 @@ def capture(model: nn.Module, blocks: Iterable[tuple[int, int]] | None = None) -
     attached = []
     try:
         for address in chosen:
-            recorder = cap._record(address)
+            recorder = cap._record(address, gradients)
             layers[address].scan_recorders.append(recorder)
             attached.append((layers[address], recorder))
         yield cap

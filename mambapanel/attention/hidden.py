@@ -50,6 +50,7 @@ def hidden_attention(
     backend: str = "tiled",
     dtype: torch.dtype = torch.float32,
     tile: int | None = None,
+    weights: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """The patch-to-patch attention α[i, j] (query i, key j, both row-major) of one layer.
 
@@ -72,12 +73,17 @@ def hidden_attention(
         Compute and result dtype (float64 for exact checks).
     tile : int, optional
         Tile size of the tiled and triton backends (their default when None).
+    weights : (query r(Bt, K, D, L), key r(Bt, K, D, L)), optional
+        In each route's step order: the weighted mean over channels (``reduce="mean"``,
+        ``ssm`` mode), e.g. ∂score/∂y and u for gradient × attention.
 
     Returns
     -------
     r(Bt, L, L); r(Bt, D, L, L) when ``reduce`` is None; a K axis after Bt with ``by_route``.
     """
     check_mode(mode)
+    if weights is not None and mode != "ssm":
+        raise ValueError("weights go with mode='ssm'")
     Ds = inputs.Ds.to(dtype)
 
     def fold(alpha: Tensor, k: int) -> Tensor:
@@ -96,6 +102,7 @@ def hidden_attention(
         tile=tile,
         grid=inputs.grid,
         fold=fold if mode == "implicit" else None,
+        weights=weights,
     )
 
 

@@ -52,7 +52,8 @@ def vim_attention(
 
     weights : (query r(Bt, K, D, T), key r(Bt, K, D, T)), optional
         In each route's step order: the weighted mean over channels (``reduce="mean"``,
-        ``ssm`` mode), e.g. ∂score/∂y_k and u_k for gradient × attention.
+        ``ssm`` mode), e.g. ∂score/∂y_k and u_k for gradient × attention; not halved, since
+        ∂s/∂α ⊙ α is the same whichever factor of the merge carries the ½.
 
     Returns
     -------
@@ -81,7 +82,7 @@ def vim_attention(
         fold=fold,
         weights=weights,
     )
-    if mode == "ssm" and scale != 1.0:
+    if mode == "ssm" and scale != 1.0 and weights is None:
         result.mul_(scale)
     return result
 

@@ -154,7 +154,9 @@ class BiMamba(nn.Module):
         self.dt_proj_b = nn.Linear(self.dt_rank, d_inner, bias=True)
         self.D_b = nn.Parameter(torch.empty(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
-        self.scan_recorders: list = []  # callables(module, VimScanInputs); see attention.capture
+        # Callables(module, VimScanInputs) -> None or a callable given the scan's output; see
+        # attention.capture.
+        self.scan_recorders: list = []
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -218,9 +220,11 @@ class BiMamba(nn.Module):
         """r(Bt, T, C) -> r(Bt, T, C), token order; ``routes`` r(K, T) from
         :func:`token_routes`."""
         inputs = self.scan_inputs(hidden, routes, grid)
-        for record in self.scan_recorders:
-            record(self, inputs)
-        y = self.scan(inputs) * F.silu(inputs.z)
+        given = [record(self, inputs) for record in self.scan_recorders]
+        y = self.scan(inputs)
+        for output in filter(None, given):  # a recorder may also want the scan's output
+            output(y)
+        y = y * F.silu(inputs.z)
         if self.if_divide_out:
             y = y / 2
         return self.out_proj(y.transpose(1, 2))

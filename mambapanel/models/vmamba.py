@@ -108,7 +108,9 @@ class SS2D(nn.Module):
             d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
         )
         self.out_proj = Linear2d(d_inner, d_model, bias=False)
-        self.scan_recorders: list = []  # callables(module, ScanInputs); see attention.capture
+        # Callables(module, ScanInputs) -> None or a callable given the scan's output; see
+        # attention.capture.
+        self.scan_recorders: list = []
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -176,9 +178,11 @@ class SS2D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         inputs = self.scan_inputs(x)
-        for record in self.scan_recorders:
-            record(self, inputs)
-        return self.out_proj(self.out_norm(self.scan(inputs)))
+        given = [record(self, inputs) for record in self.scan_recorders]
+        y = self.scan(inputs)
+        for output in filter(None, given):  # a recorder may also want the scan's output
+            output(y)
+        return self.out_proj(self.out_norm(y))
 
 
 class Mlp(nn.Module):
