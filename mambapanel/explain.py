@@ -20,10 +20,13 @@ map is shown.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from mambapanel.attention.capture import Capture
+from mambapanel.models.vim import VimScanInputs
 
 Tensor = torch.Tensor
 
@@ -73,27 +76,79 @@ def downsampling(coarse: tuple[int, int], fine: tuple[int, int]) -> Tensor:
     return matrix / matrix.sum(-1, keepdim=True)
 
 
-def stage_rollout(stages: Sequence[Sequence[Tensor]], grids: Sequence[tuple[int, int]]) -> Tensor:
+def propagate(relevance: Tensor, blocks: Iterable[Tensor]) -> Tensor:
+    """relevance · Â_last ⋯ Â_first, one vector-matrix product per block (never the L x L
+    rollout itself): ``relevance`` r(B, L) over the last block's outputs, ``blocks`` their
+    non-negative r(B, L, L) matrices, **last block first** (they may be made one at a time)."""
+    for matrix in blocks:
+        relevance = (relevance[:, None, :] @ normalised(matrix.to(relevance.dtype)))[:, 0]
+    return relevance
+
+
+def stage_rollout(
+    stages: Sequence[Iterable[Tensor]], grids: Sequence[tuple[int, int]], batch: int
+) -> Tensor:
     """VMamba's map: r(B, L0) over the first stage's patches, the mean row of
     R_S · M_S ⋯ M_1 · R_0 (R_s the rollout of stage s's blocks, M_s stage s's coarse patches
     spread over stage s-1's, :func:`downsampling`); it sums to 1.
 
     Parameters
     ----------
-    stages : per stage (first to last), its blocks' non-negative r(B, L_s, L_s)
+    stages : per stage (first to last), its blocks' non-negative r(B, L_s, L_s), **last
+        block first**
     grids : per stage, its grid (H, W)
+    batch : B
     """
-    relevance = None
+    last = grids[-1][0] * grids[-1][1]
+    # The classifier averages the last stage's patches.
+    relevance = torch.full((batch, last), 1 / last, dtype=torch.float64)
     for index in range(len(stages) - 1, -1, -1):
-        matrix = rollout(stages[index])
-        if relevance is None:  # the classifier averages the last stage's patches
-            relevance = matrix.mean(-2)
-        else:
-            relevance = (relevance[:, None, :] @ matrix)[:, 0]
+        relevance = propagate(relevance, stages[index])
         if index:
-            spread = downsampling(grids[index], grids[index - 1]).to(relevance)
-            relevance = relevance @ spread
+            relevance = relevance @ downsampling(grids[index], grids[index - 1])
     return relevance
+
+
+def relevance_maps(cap: Capture, *, channels: str = "mean", **options) -> dict[str, Tensor]:
+    """Per image, where the model's decision comes from, over the first stage's patches
+    (Vim: its patches), from one captured forward pass of every block: ``rollout`` of |α|
+    and, when the capture holds gradients of the predicted classes' logits,
+    ``attribution`` (rollout of (∂y_c/∂α ⊙ α)⁺ over channels). Each r(B, P), float64,
+    summing to 1 per image. ``options``: backend, dtype, tile of the attention.
+    """
+    addresses = cap.keys()
+    missing = sorted(set(cap.layers) - set(addresses))
+    if missing:
+        raise ValueError(f"relevance maps need every block captured; missing {missing[:4]}")
+    stages = sorted({stage for stage, _ in addresses})
+    blocks = {stage: sorted(b for s, b in addresses if s == stage) for stage in stages}
+    kinds = {"rollout": lambda s, b: cap.item_attention(s, b, reduce=channels, **options).abs()}
+    if all(address in cap.gradients for address in addresses):
+        kinds["attribution"] = lambda s, b: cap.attribution(s, b, **options).clamp(min=0)
+    first = cap.inputs(0, 0)
+    batch = first.delta.shape[0]
+    maps = {}
+    for name, matrix in kinds.items():
+        per_stage = [_last_first(matrix, s, blocks[s]) for s in stages]
+        if isinstance(first, VimScanInputs):  # the classifier reads the CLS token
+            tokens = first.routes.shape[1]
+            start = torch.zeros(batch, tokens, dtype=torch.float64)
+            start[:, first.cls_token] = 1.0
+            relevance = propagate(start, per_stage[0])[:, : first.cls_token]
+            # No attention at all leaves everything on the CLS token: then zeros, not NaN.
+            maps[name] = relevance / relevance.sum(-1, keepdim=True).clamp_min(1e-300)
+        else:
+            grids = [cap.inputs(s, 0).grid for s in stages]
+            maps[name] = stage_rollout(per_stage, grids, batch)
+    return maps
+
+
+def _last_first(
+    matrix: Callable[[int, int], Tensor], stage: int, blocks: Sequence[int]
+) -> Iterator[Tensor]:
+    """The matrices of ``stage``'s blocks, last block first, each made when it is needed."""
+    for block in reversed(blocks):
+        yield matrix(stage, block)
 
 
 def perturbation_curves(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mambapanel import explain
+from mambapanel import attention, explain, models
 
 
 def random_blocks(n_blocks=3, L=3, B=2, seed=0):
@@ -48,17 +48,17 @@ def test_stage_rollout_of_no_attention_is_uniform_and_follows_attention_otherwis
         [torch.zeros(1, 4, 4, dtype=torch.float64)] * 2,
     ]
     torch.testing.assert_close(
-        explain.stage_rollout(quiet, grids), torch.full((1, 16), 1 / 16, dtype=torch.float64)
+        explain.stage_rollout(quiet, grids, 1), torch.full((1, 16), 1 / 16, dtype=torch.float64)
     )
     # One stage: the mean row of its rollout.
     blocks = random_blocks(2, L=4, B=1)
     expected = explain.rollout(blocks).mean(-2)
-    torch.testing.assert_close(explain.stage_rollout([blocks], [(2, 2)]), expected)
+    torch.testing.assert_close(explain.stage_rollout([blocks[::-1]], [(2, 2)], 1), expected)
     # Last-stage attention that moves everything onto coarse patch 0 lands on the 2x2 fine
     # patches under it (stage 0 attends nowhere).
     towards_first = torch.zeros(1, 4, 4)
     towards_first[:, :, 0] = 1e6
-    relevance = explain.stage_rollout([[torch.zeros(1, 16, 16)], [towards_first]], grids)
+    relevance = explain.stage_rollout([[torch.zeros(1, 16, 16)], [towards_first]], grids, 1)
     assert relevance.sum().item() == pytest.approx(1.0)
     np.testing.assert_allclose(relevance.view(4, 4)[:2, :2].numpy(), 0.25, atol=1e-5)
 
@@ -89,3 +89,46 @@ def test_cell_mask_tiles_the_image():
     assert mask.shape == (5, 7)
     assert set(mask.unique().tolist()) == set(range(6))
     assert mask[0, 0] == 0 and mask[-1, -1] == 5 and mask[2, 2] == 0 and mask[3, 3] == 4
+
+
+def test_propagate_is_a_row_of_the_rollout():
+    blocks = random_blocks(4, L=5, B=2)
+    start = torch.softmax(torch.randn(2, 5, dtype=torch.float64), -1)
+    expected = (start[:, None, :] @ explain.rollout(blocks))[:, 0]
+    torch.testing.assert_close(explain.propagate(start, blocks[::-1]), expected)
+
+
+@pytest.mark.parametrize("name", ["vmamba-micro", "vim-micro"])
+def test_relevance_maps_of_a_model_equal_the_matrix_rollout(name):
+    """The vector form on a real capture against full rollout matrices: VMamba's mean row
+    through the downsamplings, Vim's CLS row without the CLS token."""
+    torch.manual_seed(2)
+    model = models.build(name, num_classes=4).double()
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with attention.capture(model, gradients=True) as cap:
+        logits = model(images)
+        logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    maps = explain.relevance_maps(cap, dtype=torch.float64)
+    assert set(maps) == {"rollout", "attribution"}
+    for kind, matrix in (
+        ("rollout", lambda s, b: cap.item_attention(s, b, dtype=torch.float64).abs()),
+        ("attribution", lambda s, b: cap.attribution(s, b, dtype=torch.float64).clamp(min=0)),
+    ):
+        stages = sorted({s for s, _ in cap.keys()})
+        if name.startswith("vim"):
+            whole = explain.rollout([matrix(0, b) for b in range(4)])
+            expected = whole[:, 64, :64] / whole[:, 64, :64].sum(-1, keepdim=True)
+        else:
+            grids = [cap.inputs(s, 0).grid for s in stages]
+            total = None
+            for s in stages:
+                stage_rollout = explain.rollout([matrix(s, b) for b in range(2)])
+                if total is None:
+                    total = stage_rollout
+                else:
+                    spread = explain.downsampling(grids[s], grids[s - 1])
+                    total = stage_rollout @ spread @ total
+            expected = total.mean(-2)
+        torch.testing.assert_close(maps[kind], expected)
+        assert (maps[kind] >= 0).all()
+        torch.testing.assert_close(maps[kind].sum(-1), torch.ones(2, dtype=torch.float64))
