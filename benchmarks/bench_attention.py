@@ -1,8 +1,11 @@
-"""Benchmark of hidden-attention extraction for one VMamba block (a script, not a test).
+"""Benchmark of hidden-attention extraction for VMamba and Vim layers (a script, not a test).
 
 Stage-0 block of vmamba-tiny-s1l8 at 224x224 (L = 3136, D = 96, N = 1, K = 4) on the CPU:
   - tiled time / torch.matmul time for the same FLOP count (the ceiling; target <= 2)
   - reference time / tiled time at L = 784 (stage-1 block; target >= 100)
+One Vim-S layer at 224 px (T = 197, D = 768, N = 16) and one Vim-T stride-8 layer (T = 730):
+  - tiled / the same-FLOP matmul (target <= 3 at T = 730), reference / tiled (target >= 100)
+  - the whole extraction of vim-tiny (24 layers) per image
 With a CUDA device it adds the Triton kernel's figures. All ratios come from this one run.
 
     python benchmarks/bench_attention.py [--repeats 5] [--results benchmarks/RESULTS.md]
@@ -16,11 +19,13 @@ import re
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from mambapanel import attention, data, models
+from mambapanel.attention.vim import vim_attention
 from mambapanel.models.scan import along_routes, selective_scan, selective_scan_reference
 
 MARK_START, MARK_END = "<!-- bench_attention:start -->", "<!-- bench_attention:end -->"
@@ -120,6 +125,8 @@ def run(repeats: int) -> list[str]:
         f"  ratio reference / tiled           {ref / tiled:8.1f}   (target >= 100)",
     ]
 
+    lines += ["", *vim_figures(repeats, cpu_sync)]
+
     if torch.cuda.is_available():
         lines += ["", f"GPU: {torch.cuda.get_device_name()}"]
         gpu_model = model.cuda()
@@ -140,6 +147,67 @@ def run(repeats: int) -> list[str]:
                 f"tiled (torch on GPU) {times['tiled'] * 1e3:.2f} ms, "
                 f"ratio {times['tiled'] / times['triton']:.1f}"
             )
+    return lines
+
+
+# The reference's memory is D·N·L² per image: it is timed on this many channels and scaled
+# to all of them (its cost is linear in D; a whole Vim-T stride-8 layer would need 13 GB).
+REFERENCE_CHANNELS = 32
+
+
+def vim_figures(repeats: int, sync: Callable[[], None]) -> list[str]:
+    """One layer of Vim-S (T = 197) and of Vim-T stride 8 (T = 730): tiled against the same
+    FLOPs of matmul and against the reference; the whole vim-tiny extraction per image."""
+    lines = []
+    for name in ("vim-small", "vim-tiny-stride8"):
+        torch.manual_seed(0)
+        inputs = block_inputs(models.build(name), 0, 0, "cpu")
+        K, T = inputs.routes.shape
+        D, N = inputs.A.shape[1:]
+        tiled = median_seconds(lambda i=inputs: vim_attention(i), repeats, sync)
+        # Two routes, each over half the T x T pairs: K·T²/2·(D·N) multiply-adds, as a
+        # (T x DN) @ (DN x K·T/2) product.
+        a, b = torch.randn(T, D * N), torch.randn(D * N, K * T // 2)
+        matmul = median_seconds(lambda a=a, b=b: torch.matmul(a, b), repeats, sync)
+        some = slice(0, REFERENCE_CHANNELS)
+        part = replace(
+            inputs,
+            delta=inputs.delta[:, :, some],
+            A=inputs.A[:, some],
+            Ds=inputs.Ds[:, some],
+            u=inputs.u[:, :, some],
+        )
+        reference = median_seconds(
+            lambda p=part: vim_attention(p, backend="reference"), max(1, repeats // 2), sync
+        ) * (D / REFERENCE_CHANNELS)
+        lines += [
+            f"{name} layer, T = {T} tokens, D = {D}, N = {N}, K = {K}, reduce=mean, float32, CPU:",
+            f"  tiled                             {tiled * 1e3:8.1f} ms",
+            f"  torch.matmul, same FLOP count     {matmul * 1e3:8.1f} ms",
+            f"  ratio tiled / matmul              {tiled / matmul:8.2f}   (target <= 3 at T = 730)",
+            f"  reference ({REFERENCE_CHANNELS} of {D} channels, x{D // REFERENCE_CHANNELS})"
+            f"    {reference * 1e3:8.1f} ms",
+            f"  ratio reference / tiled           {reference / tiled:8.1f}   (target >= 100)",
+            "",
+        ]
+    torch.manual_seed(0)
+    model = models.build("vim-tiny")
+    image = data.preprocess([data.sample_images()[0].image], 224)
+
+    def extract_all() -> None:
+        with torch.no_grad(), attention.capture(model) as cap:
+            model(image)
+            for block in range(len(model.layers)):
+                cap.attention(stage=0, block=block)
+                cap.cls_attention(stage=0, block=block)
+
+    forward = median_seconds(lambda: model(image), max(1, repeats // 2), sync)
+    whole = median_seconds(extract_all, max(1, repeats // 2), sync)
+    lines += [
+        "vim-tiny, one 224 px image, all 24 layers (patch matrices and CLS row and column):",
+        f"  forward pass alone                {forward * 1e3:8.1f} ms",
+        f"  forward and extraction            {whole * 1e3:8.1f} ms per image",
+    ]
     return lines
 
 
