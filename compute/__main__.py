@@ -11,7 +11,7 @@ from compute import serve as serving
 from compute.arguments import POSITIVE, integer, positive_float
 from mambapanel import data, models, orders, store
 from mambapanel.errors import MambapanelError
-from mambapanel.extract import BATCH_SIZE, CHANNELS, SHARD_SIZE
+from mambapanel.extract import BATCH_SIZE, CHANNELS, FAITHFULNESS_IMAGES, SHARD_SIZE
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -64,6 +64,8 @@ def extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         seed=args.seed,
+        explanations=args.explanations,
+        faithfulness_images=args.faithfulness_images,
     )
     return 0
 
@@ -201,6 +203,20 @@ def main(argv: list[str] | None = None) -> int:
         default=SHARD_SIZE,
         help=f"images per task: the unit of resume; each task keeps one float64 sum per block "
         f"on disk until the run ends (default {SHARD_SIZE})",
+    )
+    p.add_argument(
+        "--explanations",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store each image's relevance maps (rollout, gradient x attention) and, for Vim, "
+        "each block's CLS row and column: one backward pass per batch (default on)",
+    )
+    p.add_argument(
+        "--faithfulness-images",
+        type=integer(0),
+        default=FAITHFULNESS_IMAGES,
+        help="run the perturbation test of the maps on the first this many images, 20 forward "
+        f"passes per image and map (default {FAITHFULNESS_IMAGES}; 0: none)",
     )
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: local)")
     p.add_argument(

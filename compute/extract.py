@@ -99,6 +99,7 @@ def extract(
             dtype=plan.attrs["dtype"],
             shard_size=plan.attrs["shard_size"],
             attrs={**plan.attrs, "skipped_files": selection.skipped},
+            tests=plan.tests,
         )
     attrs = store.read_run(out).attrs
     pending = store.pending_shards(out)

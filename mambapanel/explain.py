@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from mambapanel import store
 from mambapanel.attention.capture import Capture
 from mambapanel.models.vim import VimScanInputs
 
 Tensor = torch.Tensor
 
-METHODS = ("rollout", "attribution")  # the maps stored per image; plus "cls" for Vim
-FRACTIONS = tuple(round(0.1 * step, 1) for step in range(10))  # patches removed: 0 .. 90 %
+FRACTIONS = store.FRACTIONS  # shares of patches the perturbation test removes: 0 .. 90 %
 
 
 def normalised(matrix: Tensor) -> Tensor:

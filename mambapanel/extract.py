@@ -15,20 +15,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mambapanel import attention, data, models, store
+from mambapanel import attention, data, explain, models, store
 from mambapanel.errors import OptionError
 
 CHANNELS = ("mean", "absmean")  # how the D channels' matrices become one (run attr)
 BATCH_SIZE = 8  # images per forward pass
+FAITHFULNESS_IMAGES = 64  # images the perturbation test runs on, by default
 SHARD_SIZE = 16  # images per task: the unit of resume, one float64 sum per block on disk
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run computes: its identity attrs (see :mod:`mambapanel.store`) and layouts."""
+    """What a run computes: its identity attrs (see :mod:`mambapanel.store`), layouts, and
+    the maps its perturbation test compares."""
 
     attrs: dict[str, Any]
     layouts: list[store.StageLayout]
+    tests: tuple[str, ...] = ()
 
 
 def plan_run(
@@ -45,6 +48,8 @@ def plan_run(
     shard_size: int = SHARD_SIZE,
     batch_size: int = BATCH_SIZE,
     seed: int = 0,
+    explanations: bool = True,
+    faithfulness_images: int = FAITHFULNESS_IMAGES,
 ) -> RunPlan:
     """Build the model once to resolve its order and checkpoint hash and to measure the
     token grid of every stage at ``image_size``; check the options against it.
@@ -56,11 +61,17 @@ def plan_run(
         patches (default 1, full size).
     seed : seeds the random weights when there is no checkpoint (every worker builds the
         same model from it).
+    explanations : store each image's relevance maps (rollout, attribution) and, for Vim,
+        each block's CLS row and column; costs one backward pass per batch.
+    faithfulness_images : run the perturbation test on the first this many images (0: none);
+        costs 20 forward passes per image and map.
     """
     if channels not in CHANNELS:
         raise OptionError(f"channels must be one of {CHANNELS}, got {channels!r}")
     if dtype not in store.DTYPES:
         raise OptionError(f"dtype must be one of {store.DTYPES}, got {dtype!r}")
+    if faithfulness_images < 0:
+        raise OptionError(f"faithfulness_images must be 0 or more, got {faithfulness_images}")
     if shard_size < 1 or batch_size < 1:
         raise OptionError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
     checkpoint = None if checkpoint is None else str(Path(checkpoint).resolve())
@@ -99,8 +110,15 @@ def plan_run(
         "dtype": dtype,
         "shard_size": shard_size,
         "batch_size": batch_size,
+        "explanations": explanations,
+        "faithfulness_images": faithfulness_images if explanations else 0,
     }
-    return RunPlan(attrs, layouts)
+    tests: tuple[str, ...] = ()
+    if explanations:
+        attrs["relevance_grid_height"], attrs["relevance_grid_width"] = grids[0]
+        cls = (store.CLS_TEST,) if isinstance(network, models.Vim) else ()
+        tests = (*store.EXPLANATIONS, *cls, store.RANDOM_TEST)
+    return RunPlan(attrs, layouts, tests)
 
 
 def build_model(
@@ -117,7 +135,7 @@ def build_model(
 @functools.lru_cache(maxsize=1)
 def _worker_model(
     name: str, checkpoint: str | None, order: str, seed: int | None, sha256: str | None
-) -> models.VSSM:
+) -> torch.nn.Module:
     """One model per worker process, kept across its tasks."""
     model = build_model(name, checkpoint, order, seed)
     found = getattr(model, "checkpoint_sha256", None)
@@ -126,7 +144,8 @@ def _worker_model(
             f"{checkpoint}: sha256 {found} differs from the run's checkpoint_sha256 {sha256}; "
             "the file changed since the run started"
         )
-    return model
+    # Inference only: explanations back-propagate through activations, never into weights.
+    return model.requires_grad_(False)
 
 
 def stage_grids(model: torch.nn.Module, image_size: int) -> dict[int, tuple[int, int]]:
@@ -155,22 +174,19 @@ def pool_attention(matrices: torch.Tensor, grid: tuple[int, int], factor: int) -
     """
     if factor == 1:
         return matrices
-    height, width = grid
-
-    def pool_keys(x: torch.Tensor) -> torch.Tensor:  # (B, M, L) -> (B, M, l)
-        # Without padding, ceil_mode's edge windows are divided by the patches they cover.
-        windows = F.avg_pool2d(x.reshape(-1, 1, height, width), factor, ceil_mode=True)
-        return windows.reshape(*x.shape[:-1], -1)
-
-    keys_pooled = pool_keys(matrices)
-    return pool_keys(keys_pooled.transpose(1, 2)).transpose(1, 2).contiguous()
+    # Without padding, ceil_mode's edge windows are divided by the patches they cover.
+    keys_pooled = pool_vectors(matrices, grid, factor)
+    return pool_vectors(keys_pooled.transpose(1, 2), grid, factor).transpose(1, 2).contiguous()
 
 
 def extract_shard(path: str | Path, shard: int, batch_size: int) -> int:
     """Compute shard ``shard`` of the run at ``path`` and write it (see ``store.write_shard``).
 
     The model is built once per process and reused. Matrices stream to the store batch by
-    batch; only the shard's float64 sums (one L x L per block) stay in memory.
+    batch; only the shard's float64 sums (one L x L per block) stay in memory. With the run's
+    ``explanations``, each batch also goes backward once from its predicted classes' logits
+    (relevance maps, Vim's CLS rows and columns) and, for its first ``faithfulness_images``
+    images, through the perturbation test.
 
     Returns
     -------
@@ -198,17 +214,97 @@ def extract_shard(path: str | Path, shard: int, batch_size: int) -> int:
         batch = range(start, min(start + batch_size, images.stop))
         pictures = [data.open_image(attrs["image_source"], run.image_ids[i]) for i in batch]
         thumbnails += [data.thumbnail(picture, store.THUMBNAIL_SIZE) for picture in pictures]
-        with torch.no_grad(), attention.capture(model, blocks) as cap:
-            model(data.preprocess(pictures, attrs["image_size"]))
-            for layout in run.layouts:
-                for block in range(layout.n_blocks):
-                    matrices = cap.attention(
-                        stage=layout.stage, block=block, reduce=attrs["channels"]
-                    )
-                    matrices = pool_attention(matrices, layout.full_grid, layout.pool)
-                    sums[layout.stage][block] += matrices.numpy().sum(0, dtype=np.float64)
-                    # Cast in torch: numpy's float16 cast was the bottleneck (same rounding).
-                    stored = matrices.to(getattr(torch, attrs["dtype"])).numpy()
-                    store.write_attention(path, layout.stage, block, start, stored)
+        pixels = data.preprocess(pictures, attrs["image_size"])
+        if attrs["explanations"]:
+            with attention.capture(model, gradients=True) as cap:  # every block: rollout
+                predicted = predict_and_backpropagate(model, pixels)
+        else:
+            with torch.no_grad(), attention.capture(model, blocks) as cap:
+                model(pixels)
+        for layout in run.layouts:
+            for block in range(layout.n_blocks):
+                matrices = cap.attention(stage=layout.stage, block=block, reduce=attrs["channels"])
+                matrices = pool_attention(matrices, layout.full_grid, layout.pool)
+                sums[layout.stage][block] += matrices.numpy().sum(0, dtype=np.float64)
+                # Cast in torch: numpy's float16 cast was the bottleneck (same rounding).
+                stored = matrices.to(getattr(torch, attrs["dtype"])).numpy()
+                store.write_attention(path, layout.stage, block, start, stored)
+        if attrs["explanations"]:
+            write_explanations(path, run, model, cap, pixels, start, predicted)
     store.write_shard(path, shard, np.stack(thumbnails), sums)
     return len(images)
+
+
+def predict_and_backpropagate(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """One forward pass that tracks gradients through the activations (not the weights), and
+    the backward pass of the predicted classes' logits; returns int64(B,) the classes."""
+    pixels = pixels.clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(pixels)
+        predicted = logits.argmax(1)
+        logits.gather(1, predicted[:, None]).sum().backward()
+    return predicted.detach()
+
+
+def write_explanations(
+    path: str | Path,
+    run: store.RunInfo,
+    model: torch.nn.Module,
+    cap: attention.Capture,
+    pixels: torch.Tensor,
+    start: int,
+    predicted: torch.Tensor,
+) -> None:
+    """The batch's relevance maps, Vim's CLS rows and columns, and the perturbation test of
+    its images among the run's first ``faithfulness_images``, into the store."""
+    attrs = run.attrs
+    maps = explain.relevance_maps(cap, channels=attrs["channels"])
+    relevance = torch.stack([maps[name] for name in store.EXPLANATIONS], 1)
+    last_cls = None
+    if isinstance(model, models.Vim):
+        (layout,) = run.layouts
+        for block in range(layout.n_blocks):
+            rows = cap.cls_attention(0, block, reduce=attrs["channels"])
+            if block == layout.n_blocks - 1:
+                last_cls = rows[0].abs()
+            pooled = [pool_vectors(v, layout.full_grid, layout.pool).numpy() for v in rows]
+            store.write_cls(path, 0, block, start, *pooled)
+    tested = [i for i in range(len(pixels)) if start + i < attrs["faithfulness_images"]]
+    faithfulness = None
+    if tested:
+        faithfulness = np.full((len(pixels), len(run.tests), 2, len(store.FRACTIONS)), np.nan)
+        grid = (attrs["relevance_grid_height"], attrs["relevance_grid_width"])
+        for i in tested:
+            candidates = {
+                **{name: relevance[i, k] for k, name in enumerate(store.EXPLANATIONS)},
+                store.CLS_TEST: None if last_cls is None else last_cls[i],
+                store.RANDOM_TEST: torch.rand(
+                    grid[0] * grid[1], generator=torch.Generator().manual_seed(start + i)
+                ),
+            }
+
+            def score(images: torch.Tensor, i: int = i) -> torch.Tensor:
+                return torch.softmax(model(images), -1)[:, predicted[i]]
+
+            for t, name in enumerate(run.tests):
+                curves = explain.perturbation_curves(
+                    score, pixels[i], candidates[name].reshape(grid)
+                )
+                faithfulness[i, t] = np.stack(curves)
+    store.write_explanations(
+        path,
+        start,
+        predicted.numpy(),
+        relevance.float().numpy(),
+        None if faithfulness is None else faithfulness.astype(np.float32),
+    )
+
+
+def pool_vectors(values: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:
+    """Average r(B, ..., L) values over ``factor`` x ``factor`` patches of ``grid`` as
+    :func:`pool_attention` does for one axis."""
+    if factor == 1:
+        return values
+    height, width = grid
+    windows = F.avg_pool2d(values.reshape(-1, 1, height, width), factor, ceil_mode=True)
+    return windows.reshape(*values.shape[:-1], -1)

@@ -12,12 +12,26 @@ Root group
         (["image_id: reason", ...]), channels ("mean" | "absmean": how the attention of
         the D channels became one matrix; runs of mambapanel 0.1 call it ``reduce``), dtype
         ("float16" | "float32"), stages ([s, ...]), pool (one factor per stage in
-        ``stages``), shard_size (images per task), batch_size (images per forward pass)
+        ``stages``), shard_size (images per task), batch_size (images per forward pass),
+        explanations (bool: the arrays below marked (E) are stored), faithfulness_images
+        (the perturbation test ran on the first this many images), relevance_grid_height,
+        relevance_grid_width (the first stage's full grid, where relevance maps live)
     image       (image,) int64              index coordinate 0 .. n-1
     image_id    (image,) str                coordinate: the file's path relative to the source
     label       (image,) str                coordinate: its class folder, "" in a flat folder
     thumbnail   (image, y, x, rgb) uint8    the model's centre crop at 64 px
     done        (image,) bool               the image's matrices, sums and thumbnail are written
+    explanation (explanation,) str          (E) "rollout", "attribution" (mambapanel.explain)
+    predicted   (image,) int64              (E) the class the model predicts: its logit is
+                                            the one explained
+    relevance   (image, explanation, patch) f32  (E) each image's relevance map of each
+                                            explanation over the relevance grid, row-major
+    test        (test,) str                 (E) the maps tested: the methods, "cls" (Vim: the
+                                            last block's attention from CLS, |.|), "random"
+    removal     (removal,) str              (E) "most", "least": which patches go first
+    fraction    (fraction,) f64             (E) share of patches removed, 0 .. 0.9
+    faithfulness (image, test, removal, fraction) f32  (E) the predicted class's probability
+                                            with those patches removed (NaN: not tested)
 Group ``stage{s}`` for every s in ``stages``
     attrs
         stage, n_blocks, pool, grid_height, grid_width (the stored grid, after pooling),
@@ -29,6 +43,8 @@ Group ``stage{s}`` for every s in ``stages``
                                             prefixes; `sel(query=i)` or `where(query_row == r)`)
     attention       (image, block, query, key) float16 | float32, NaN until written
     attention_mean  (block, query, key) float32: the exact mean over images, NaN until final
+    attention_from_cls (image, block, key) f32   (E, Vim) the CLS token's row: attention from
+                    CLS to each patch; attention_to_cls (image, block, query) its column
     partial_sum     (shard, block, query, key) float64: scratch while extracting, one sum per
                     shard; removed when the run is finalised (what a kill during that
                     removal leaves, the next finalise or open removes)
@@ -105,10 +121,23 @@ IDENTITY_ATTRS = (
     "dtype",
     "shard_size",
     "batch_size",  # float32 rounding differs with the batch: a mixed run equals no clean one
+    "explanations",
+    "faithfulness_images",
 )
+# Explanations (mambapanel.explain): the maps stored per image, what the perturbation test
+# removes first, and the shares of patches it removes.
+EXPLANATIONS = ("rollout", "attribution")
+RANDOM_TEST = "random"
+CLS_TEST = "cls"
+REMOVALS = ("most", "least")
+FRACTIONS = tuple(round(0.1 * step, 1) for step in range(10))
+EXPLANATION_VARIABLES = ("predicted", "relevance", "faithfulness")
+CLS_VARIABLES = ("attention_from_cls", "attention_to_cls")
 QUERY_KEY_COORDINATES = "query_row query_col key_row key_col"
 # Root attrs renamed since runs were first written, old name -> new: an old run still opens.
 RENAMED_ATTRS = {"reduce": "channels"}
+# Root attrs added since, with the value that describes a run made before them.
+ADDED_ATTRS = {"explanations": False, "faithfulness_images": 0}
 
 
 class RunError(MambapanelError, ValueError):
@@ -180,6 +209,7 @@ def create_run(
     dtype: str,
     shard_size: int,
     attrs: Mapping[str, Any],
+    tests: Sequence[str] = (),
 ) -> None:
     """Write the skeleton of a new run: metadata, coordinates, image ids; no matrices.
 
@@ -191,7 +221,10 @@ def create_run(
     layouts : one per stored stage
     dtype : "float16" or "float32", the dtype of ``attention``
     shard_size : images per task; ``done`` and ``thumbnail`` are chunked by it
-    attrs : the run's description (model, order, image_source, ...; see the module docstring)
+    attrs : the run's description (model, order, image_source, ...; see the module docstring);
+        with ``explanations`` true, the (E) arrays are made, over a relevance grid of
+        ``relevance_grid_height`` x ``relevance_grid_width`` patches
+    tests : the maps the perturbation test compares (with ``explanations``)
     """
     path = Path(path)
     if dtype not in DTYPES:
@@ -241,9 +274,40 @@ def create_run(
         dimension_names=("image",),
         attributes=image_coordinates,
     )
+    explained = bool(attrs.get("explanations"))
+    if explained:
+        _create_explanations(root, attrs, n, shard_size, tests)
     for layout in layouts:
-        _create_stage(root, layout, n, dtype, n_shards(n, shard_size))
+        _create_stage(
+            root, layout, n, dtype, n_shards(n, shard_size), CLS_TEST in tests and explained
+        )
     os.replace(building, path)
+
+
+def _create_explanations(
+    root: zarr.Group, attrs: Mapping[str, Any], n: int, shard_size: int, tests: Sequence[str]
+) -> None:
+    """The (E) arrays of the root group, chunked by shard as ``done`` is."""
+    patches = attrs["relevance_grid_height"] * attrs["relevance_grid_width"]
+    _coordinate(root, "explanation", "explanation", np.array(EXPLANATIONS))
+    _coordinate(root, "test", "test", np.array(tests))
+    _coordinate(root, "removal", "removal", np.array(REMOVALS))
+    _coordinate(root, "fraction", "fraction", np.array(FRACTIONS))
+    for name, dims, shape, dtype, fill in (
+        ("predicted", ("image",), (n,), "int64", -1),
+        ("relevance", ("image", "explanation", "patch"), (n, len(EXPLANATIONS), patches),
+         "float32", np.nan),
+        ("faithfulness", ("image", "test", "removal", "fraction"),
+         (n, len(tests), len(REMOVALS), len(FRACTIONS)), "float32", np.nan),
+    ):  # fmt: skip
+        root.create_array(
+            name,
+            shape=shape,
+            chunks=(shard_size, *shape[1:]),
+            dtype=dtype,
+            fill_value=fill,
+            dimension_names=dims,
+        )
 
 
 def _coordinate(group: zarr.Group, name: str, dim: str, values: np.ndarray) -> None:
@@ -254,7 +318,7 @@ def _coordinate(group: zarr.Group, name: str, dim: str, values: np.ndarray) -> N
 
 
 def _create_stage(
-    root: zarr.Group, layout: StageLayout, n_images: int, dtype: str, shards: int
+    root: zarr.Group, layout: StageLayout, n_images: int, dtype: str, shards: int, cls: bool
 ) -> None:
     height, width = layout.grid
     L, blocks = layout.patches, layout.n_blocks
@@ -295,6 +359,18 @@ def _create_stage(
             # saving of disk was worth (benchmarks/RESULTS.md, Extraction).
             compressors=None,
         )
+    if cls:
+        chunk = max(1, math.ceil(n_images / shards))  # one shard's images per chunk
+        for name, axis in zip(CLS_VARIABLES, ("key", "query"), strict=True):
+            group.create_array(
+                name,
+                shape=(n_images, blocks, L),
+                chunks=(chunk, blocks, L),
+                dtype="float32",
+                fill_value=np.nan,
+                dimension_names=("image", "block", axis),
+                attributes={"coordinates": f"{axis}_row {axis}_col"},
+            )
 
 
 def check_run(path: str | Path) -> zarr.Group:
@@ -326,10 +402,13 @@ def check_run(path: str | Path) -> zarr.Group:
         )
     if root.attrs.get("complete"):
         _remove_scratch(path, root.attrs["stages"])  # before zarr lists the stage groups
-    _require(path, root, "/", ROOT_VARIABLES)
+    explained = bool(root.attrs.get("explanations"))
+    _require(path, root, "/", ROOT_VARIABLES + (EXPLANATION_VARIABLES if explained else ()))
     stage_variables = (
         STAGE_VARIABLES if root.attrs["complete"] else (*STAGE_VARIABLES, "partial_sum")
     )
+    if explained and CLS_TEST in root["test"][...]:
+        stage_variables = (*stage_variables, *CLS_VARIABLES)
     for stage in root.attrs["stages"]:
         name = f"stage{stage}"
         if name not in root:
@@ -374,8 +453,9 @@ def open_run(path: str | Path, *, allow_incomplete: bool = False) -> xr.DataTree
 
 
 def run_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's root attrs under today's names (:data:`RENAMED_ATTRS`)."""
-    current = dict(attrs)
+    """A run's root attrs under today's names (:data:`RENAMED_ATTRS`), with the attrs added
+    since it was made (:data:`ADDED_ATTRS`)."""
+    current = {**ADDED_ATTRS, **attrs}
     for old, new in RENAMED_ATTRS.items():
         if old in current and new not in current:
             current[new] = current.pop(old)
@@ -411,6 +491,7 @@ class RunInfo:
     attrs: dict[str, Any]
     layouts: list[StageLayout]
     image_ids: list[str]
+    tests: tuple[str, ...] = ()  # the maps the perturbation test compares, if any
 
 
 def read_run(path: str | Path) -> RunInfo:
@@ -422,7 +503,9 @@ def read_run(path: str | Path) -> RunInfo:
         full_grid = (attrs["full_grid_height"], attrs["full_grid_width"])
         layouts.append(StageLayout(stage, attrs["n_blocks"], full_grid, attrs["pool"]))
     image_ids = [str(image_id) for image_id in root["image_id"][...]]
-    return RunInfo(run_attrs(root.attrs), layouts, image_ids)
+    attrs = run_attrs(root.attrs)
+    tests = tuple(str(t) for t in root["test"][...]) if attrs["explanations"] else ()
+    return RunInfo(attrs, layouts, image_ids, tests)
 
 
 def pending_shards(path: str | Path) -> list[int]:
@@ -445,6 +528,36 @@ def write_attention(
     """
     array = _array(path, f"stage{stage}/attention")
     array[start : start + len(values), block] = values.astype(array.dtype, copy=False)
+
+
+def write_explanations(
+    path: str | Path,
+    start: int,
+    predicted: np.ndarray,
+    relevance: np.ndarray,
+    faithfulness: np.ndarray | None,
+) -> None:
+    """Write the (E) arrays of images ``start`` .. ``start + len(predicted)``.
+
+    Parameters
+    ----------
+    predicted : int64(b,)
+    relevance : f32(b, explanation, patch)
+    faithfulness : f32(b, test, removal, fraction), or None (not tested: stays NaN)
+    """
+    stop = start + len(predicted)
+    _array(path, "predicted")[start:stop] = predicted
+    _array(path, "relevance")[start:stop] = relevance
+    if faithfulness is not None:
+        _array(path, "faithfulness")[start:stop] = faithfulness
+
+
+def write_cls(
+    path: str | Path, stage: int, block: int, start: int, from_cls: np.ndarray, to_cls: np.ndarray
+) -> None:
+    """Write a Vim block's CLS row (from CLS, r(b, key)) and column (to CLS, r(b, query))."""
+    for name, values in zip(CLS_VARIABLES, (from_cls, to_cls), strict=True):
+        _array(path, f"stage{stage}/{name}")[start : start + len(values), block] = values
 
 
 def write_shard(

@@ -16,7 +16,7 @@ from test_data import write_image
 
 from compute.__main__ import main
 from compute.extract import LOCAL_HTTP, report_disk
-from mambapanel import attention, data, extract, store
+from mambapanel import attention, data, explain, extract, store
 
 SIZE = 64  # vmamba-micro grids: 16x16, 8x8, 4x4, 2x2
 IMAGES = ["cat/1.png", "cat/2.png", "cat/3.png", "dog/1.png", "dog/2.png", "dog/3.png"]
@@ -225,3 +225,50 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, sche
     )
     assert other_order.returncode == 2
     assert "order: the run has 'cross', asked for 'morton'" in other_order.stderr
+
+
+def direct_explanations(folder, name, size, n):
+    """What one direct forward and backward pass of the workers' model gives the first
+    ``n`` images: predicted classes, relevance maps, the capture."""
+    model = extract.build_model(name, None, None, seed=0).requires_grad_(False)
+    pixels = data.preprocess([data.load_image(folder / image) for image in IMAGES[:n]], size)
+    with attention.capture(model, gradients=True) as cap:
+        predicted = extract.predict_and_backpropagate(model, pixels)
+    return predicted, explain.relevance_maps(cap), cap
+
+
+@pytest.mark.slow
+def test_a_vim_run_stores_the_explanations_a_direct_capture_gives(tmp_path, folder, scheduler):
+    out = tmp_path / "vim"
+    options = ["--model", "vim-micro", "--size", "32", "--faithfulness-images", "3",
+               "--batch-size", "2", "--shard-size", "4", "--scheduler", scheduler]  # fmt: skip
+    assert main(extract_args(out, folder, *options)) == 0
+    tree = store.open_run(out)
+    assert tree.attrs["explanations"] and tree.attrs["faithfulness_images"] == 3
+    assert list(tree["test"].values) == ["rollout", "attribution", "cls", "random"]
+    predicted, maps, cap = direct_explanations(folder, "vim-micro", 32, len(IMAGES))
+    np.testing.assert_array_equal(tree["predicted"].values, predicted.numpy())
+    for index, name in enumerate(store.EXPLANATIONS):
+        stored = tree["relevance"].isel(explanation=index).values
+        np.testing.assert_allclose(stored, maps[name].numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(stored.sum(-1), 1.0, rtol=1e-5)
+    stage = tree["stage0"]
+    for block in range(4):
+        from_cls, to_cls = cap.cls_attention(0, block)
+        np.testing.assert_allclose(stage["attention_from_cls"].values[:, block], from_cls,
+                                   rtol=1e-4, atol=1e-7)  # fmt: skip
+        np.testing.assert_allclose(stage["attention_to_cls"].values[:, block], to_cls,
+                                   rtol=1e-4, atol=1e-7)  # fmt: skip
+    curves = tree["faithfulness"].values  # (image, test, removal, fraction)
+    assert np.isfinite(curves[:3]).all() and np.isnan(curves[3:]).all()
+    # Nothing removed: every test starts from the unperturbed image's probability.
+    np.testing.assert_allclose(curves[:3, :, :, 0], curves[:3, :1, :1, 0].repeat(4, 1).repeat(2, 2))
+
+
+def test_no_explanations_stores_none(tmp_path, folder, scheduler):
+    out = tmp_path / "plain"
+    options = ["--no-explanations", "--stages", "3", "--scheduler", scheduler]
+    assert main(extract_args(out, folder, *options)) == 0
+    tree = store.open_run(out)
+    assert not tree.attrs["explanations"] and "relevance" not in tree.data_vars
+    assert store.read_run(out).tests == ()
