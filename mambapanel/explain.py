@@ -200,10 +200,3 @@ def cell_mask(cells: Tensor, size: tuple[int, int]) -> Tensor:
     rows = torch.arange(H) * gh // H
     cols = torch.arange(W) * gw // W
     return cells[rows][:, cols]
-
-
-def area(curve: np.ndarray, fractions: Sequence[float] = FRACTIONS) -> float:
-    """Area under a perturbation curve over the removed fractions, divided by their span
-    (the mean score over the range)."""
-    fractions = np.asarray(fractions, dtype=np.float64)
-    return float(np.trapezoid(curve, fractions) / (fractions[-1] - fractions[0]))

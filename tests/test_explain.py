@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mambapanel import attention, explain, models
+from mambapanel.findings import metrics
 
 
 def random_blocks(n_blocks=3, L=3, B=2, seed=0):
@@ -79,8 +80,10 @@ def test_perturbation_curves_of_a_known_score():
     removed = [round(f * 100) for f in explain.FRACTIONS]
     np.testing.assert_allclose(most, [total - sum(range(100 - m, 100)) for m in removed])
     np.testing.assert_allclose(least, [total - sum(range(m)) for m in removed])
-    assert explain.area(most) < explain.area(least)
-    assert explain.area(np.full(len(explain.FRACTIONS), 0.7)) == pytest.approx(0.7)
+    area = metrics.curve_area(np.stack([most, least]), explain.FRACTIONS)
+    assert area[0] < area[1]
+    flat = np.full(len(explain.FRACTIONS), 0.7)
+    assert metrics.curve_area(flat, explain.FRACTIONS) == pytest.approx(0.7)
 
 
 def test_cell_mask_tiles_the_image():

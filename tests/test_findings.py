@@ -248,6 +248,22 @@ def test_stage_findings_with_and_without_routes():
 # --- stored findings, report and command ---------------------------------------------------
 
 
+def test_faithfulness_known_answers():
+    """Areas of straight-line curves, their means and standard errors over the tested
+    images; untested (NaN) images left out."""
+    fractions = np.linspace(0.0, 0.9, 10)
+    curves = np.full((4, 2, 2, 10), np.nan)
+    curves[0, 0, 0] = 1 - fractions  # area: mean of 1 - f over 0..0.9 = 0.55
+    curves[1, 0, 0] = 0.5  # 0.5
+    curves[:2, 0, 1] = 0.9
+    curves[:2, 1] = 0.25
+    summary = metrics.faithfulness(curves, fractions)
+    np.testing.assert_allclose(summary["most"], [0.525, 0.25])
+    np.testing.assert_allclose(summary["least"], [0.9, 0.25])
+    np.testing.assert_allclose(summary["most_error"], [0.025, 0.0], atol=1e-12)
+    np.testing.assert_array_equal(summary["images"], [2, 2])
+
+
 @pytest.fixture
 def two_runs(small_run, tmp_path):
     """Two copies of the small run, the second labelled as trained with morton (its matrices
@@ -304,6 +320,14 @@ def test_report_stores_findings_and_writes_tables_and_figures(two_runs, tmp_path
         with Image.open(tmp_path / "report" / figure) as image:
             assert image.width > 200 and image.height > 100
     assert not (tmp_path / "report" / "order-matrix-stage2.png").exists()  # one run only
+
+    # The small run holds explanations of both its images: the perturbation test's summary.
+    faithfulness = stored.faithfulness
+    assert record.labels(faithfulness, "map") == ["rollout", "attribution", "random"]
+    assert (faithfulness["images"].values == 2).all()
+    assert ((faithfulness["most"] > 0) & (faithfulness["most"] <= 1)).all()
+    assert "### Are the explanations faithful? (perturbation test)" in text
+    assert "| map | most relevant first | least relevant first |" in text
 
     report([cross], tmp_path / "again", window=2, seeds=1)  # replaces the findings
     assert record.read_findings(open_run(cross), "cross").stages[1].attrs["window"] == 2

@@ -388,3 +388,42 @@ def near_ratio(profile: np.ndarray, pairs: np.ndarray) -> float:
     the others (1 = no preference); NaN when no pair is at distance 1."""
     distance, relative = relative_profile(profile, pairs)
     return float(relative[0]) if len(distance) and distance[0] == 1 else float("nan")
+
+
+def curve_area(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Area under perturbation curves (..., fraction) over the removed fractions, divided by
+    their span: the mean class probability over the test (NaN where a curve is)."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    return np.trapezoid(np.asarray(curves, np.float64), fractions, axis=-1) / (
+        fractions[-1] - fractions[0]
+    )
+
+
+def faithfulness(curves: np.ndarray, fractions: np.ndarray) -> dict[str, np.ndarray]:
+    """The perturbation test over a run's tested images (Chefer et al. 2021): per map,
+    the mean area with the most relevant patches removed first (``most``; lower: the map
+    finds what the decision rests on), with the least relevant first (``least``; higher is
+    better), their standard errors, and how many images were tested.
+
+    Parameters
+    ----------
+    curves : f(image, test, removal, fraction), NaN for untested images; removal 0 = most
+        relevant first, 1 = least relevant first
+
+    Returns
+    -------
+    dict of f64(test,) arrays: most, least, most_error, least_error, images
+    """
+    areas = curve_area(curves, fractions)  # (image, test, removal)
+    tested = np.isfinite(areas).all(axis=(1, 2))
+    areas = areas[tested]
+    n = int(tested.sum())
+    error = areas.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full(areas.shape[1:], np.nan)
+    mean = areas.mean(0) if n else np.full(curves.shape[1:3], np.nan)
+    return {
+        "most": mean[:, 0],
+        "least": mean[:, 1],
+        "most_error": error[:, 0],
+        "least_error": error[:, 1],
+        "images": np.full(curves.shape[1], n),
+    }

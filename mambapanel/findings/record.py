@@ -29,6 +29,13 @@ Group ``findings/stage{s}`` for every stored stage s: one ``xarray.Dataset``
     attrs: stage, grid_height, grid_width, pool, window (default the grid width), seeds,
     row_neighbours, column_neighbours, row_chance, column_chance, notes (["what was not
     computed and why", ...])
+Group ``findings/faithfulness`` (runs with explanations): the perturbation test of the
+relevance maps (:func:`faithfulness`), one small dataset
+    map (map,) str                        the maps tested (rollout, attribution, cls, random)
+    most, least (map,) f64                mean area under the class-probability curve with the
+                                          most / least relevant patches removed first
+    most_error, least_error (map,) f64    their standard errors over images
+    images (map,) int64                   images tested
 The order-dependent variables (``sequence_correlation``, ``order_share``, ``order_chance``,
 ``sequence_locality``, ``sequence_pairs``) are absent for a pooled stage: routes visit the
 model's patches, which a pooled store no longer holds. ``separation`` is absent before
@@ -55,13 +62,18 @@ from mambapanel.store import RunError
 FINDINGS_VERSION = 1
 GROUP = "findings"
 RANDOM = "random"  # the reference order made of the run's routes on relabelled patches
+FAITHFULNESS = "faithfulness"  # the group of the perturbation test's summary
 STRING = object  # zarr v3 specifies variable-length strings, not numpy's fixed-width "<U"
 
 
 def write_findings(
-    path: str | Path, stages: Mapping[int, xr.Dataset], attrs: Mapping[str, Any]
+    path: str | Path,
+    stages: Mapping[int, xr.Dataset],
+    attrs: Mapping[str, Any],
+    faithfulness: xr.Dataset | None = None,
 ) -> None:
-    """Replace the ``findings`` group of the run at ``path`` with ``stages``.
+    """Replace the ``findings`` group of the run at ``path`` with ``stages`` (and the
+    perturbation test's summary, ``findings/faithfulness``, where the run has one).
 
     The group's attrs (``findings_version`` among them) are written last, so a write that
     is killed midway leaves findings that read as absent, never half of them.
@@ -72,6 +84,8 @@ def write_findings(
     root.create_group(GROUP)
     for stage, dataset in stages.items():
         dataset.to_zarr(path, group=f"{GROUP}/stage{stage}", mode="w", consolidated=False)
+    if faithfulness is not None:
+        faithfulness.to_zarr(path, group=f"{GROUP}/{FAITHFULNESS}", mode="w", consolidated=False)
     group = zarr.open_group(path, path=GROUP, mode="r+")
     group.attrs.update(
         # As JSON reads them back (tuples become lists), like the run's own attrs.
@@ -98,6 +112,7 @@ class Findings:
     order: str
     attrs: dict[str, Any]
     stages: dict[int, xr.Dataset]
+    faithfulness: xr.Dataset | None = None  # per map tested: most, least, errors, images
 
 
 def read_findings(tree: xr.DataTree, name: str) -> Findings | None:
@@ -121,16 +136,20 @@ def read_findings(tree: xr.DataTree, name: str) -> Findings | None:
             f"{node.attrs.get('mambapanel_version')}); this mambapanel reads version "
             f"{FINDINGS_VERSION}: run `python -m compute findings` on it again"
         )
-    stages = {}
-    for child in node.children.values():
+    stages, faithfulness = {}, None
+    for child_name, child in node.children.items():
         dataset = child.to_dataset(inherit=False).load()
-        stages[int(dataset.attrs["stage"])] = dataset
+        if child_name == FAITHFULNESS:
+            faithfulness = dataset
+        else:
+            stages[int(dataset.attrs["stage"])] = dataset
     return Findings(
         name=name,
         model=str(tree.attrs.get("model")),
         order=str(tree.attrs.get("order")),
         attrs=dict(node.attrs),
         stages=dict(sorted(stages.items())),
+        faithfulness=faithfulness,
     )
 
 

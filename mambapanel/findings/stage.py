@@ -14,6 +14,7 @@ import xarray as xr
 from mambapanel.findings.metrics import (
     block_separation,
     distance_correlation,
+    faithfulness,
     grid_distance,
     locality_profile,
     neighbour_purity,
@@ -218,4 +219,24 @@ def compute_run(
             seeds=seeds,
             attrs={"stage": stage, "pool": attrs["pool"], "notes": notes},
         )
-    write_findings(path, stages, {"order": order, "compared_orders": compared, "seeds": seeds})
+    write_findings(
+        path,
+        stages,
+        {"order": order, "compared_orders": compared, "seeds": seeds},
+        run_faithfulness(tree),
+    )
+
+
+def run_faithfulness(tree: xr.DataTree) -> xr.Dataset | None:
+    """The perturbation test's summary of an opened run (``findings/faithfulness``), or None
+    when the run stores no test."""
+    if not tree.attrs.get("faithfulness_images"):
+        return None
+    curves = tree["faithfulness"].transpose("image", "test", "removal", "fraction").values
+    summary = faithfulness(curves, tree["fraction"].values)
+    return xr.Dataset(
+        # "map", not the run's "test": a child's coordinate equal to its parent's would
+        # read back as inherited, not as the child's own.
+        {name: ("map", values) for name, values in summary.items()},
+        coords={"map": np.array([str(t) for t in tree["test"].values], dtype=STRING)},
+    )

@@ -309,6 +309,48 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3, bold_max: bool = False)
     return "\n".join(lines)
 
 
+def faithfulness_summary(findings: Findings) -> pd.DataFrame:
+    """The perturbation test of a run's maps: rows = the maps tested (``random`` the
+    baseline); columns: the mean area with the most and with the least relevant patches
+    removed first, their difference, the standard errors, the images tested. Empty for a
+    run without a test."""
+    dataset = findings.faithfulness
+    if dataset is None:
+        return pd.DataFrame()
+    most, least = dataset["most"].values, dataset["least"].values
+    errors = [
+        f"{m:.3f} / {lo:.3f}"
+        for m, lo in zip(dataset["most_error"].values, dataset["least_error"].values, strict=True)
+    ]
+    frame = pd.DataFrame(
+        {
+            "most relevant first": most,
+            "least relevant first": least,
+            "least − most": least - most,
+            "± (standard errors)": errors,
+            "images": dataset["images"].values.astype(int),
+        },
+        index=labels(dataset, "map"),
+    )
+    frame.index.name = "map"
+    return frame
+
+
+def faithfulness_section(findings: Findings, level: int) -> list[str]:
+    """The perturbation test in markdown ([] for a run without one)."""
+    frame = faithfulness_summary(findings)
+    if frame.empty:
+        return []
+    return [
+        f"{'#' * level} Are the explanations faithful? (perturbation test)",
+        "Mean probability of the predicted class while 0-90 % of the patches are removed "
+        "(set to the dataset mean), the most relevant first (lower: the map finds what the "
+        "decision rests on) or the least relevant first (higher is better); `random` is a "
+        "map that knows nothing. A map is worth reading where it beats `random` on both.",
+        markdown_table(frame),
+    ]
+
+
 def run_sections(
     findings: Findings, stages: Sequence[int] | None = None, level: int = 2
 ) -> list[str]:
@@ -325,6 +367,7 @@ def run_sections(
         else "No embeddings stored: `python -m compute reduce RUN` adds them.",
         f"{h}# Early vs late",
         markdown_table(stage_summary(findings)),
+        *faithfulness_section(findings, level + 1),
     ]
     for stage in findings.stages if stages is None else stages:
         dataset = findings.stages.get(stage)
