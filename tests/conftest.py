@@ -46,4 +46,3 @@ def read_only_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def ss2d_factory():
     return make_ss2d
-
