@@ -23,7 +23,7 @@ def demo(args: argparse.Namespace) -> int:
     if not args.no_serve:
         options.check()  # refuses before minutes of building, not after (warnings: at start)
     runs = demo_runs.build(
-        args.runs, orders=args.orders, n=args.n, methods=args.methods, workers=args.workers
+        args.runs, names=args.models, n=args.n, methods=args.methods, workers=args.workers
     )
     if args.no_serve:
         print(f"runs ready: {' '.join(map(str, runs))}")
@@ -317,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", default="demo-runs", help="directory of the demo runs (default demo-runs)"
     )
     p.add_argument(
-        "--orders",
+        "--models",
+        "--orders",  # its name before the Vim demo models, which are not orders
+        dest="models",
         type=parse_names,
-        default=list(demo_runs.DEMO_ORDERS),
-        help=f"demo models to use (default {','.join(demo_runs.DEMO_ORDERS)})",
+        default=list(demo_runs.DEMO_MODELS),
+        help=f"demo models to use (default all: {','.join(demo_runs.DEMO_MODELS)})",
     )
     p.add_argument(
         "--n",

@@ -1,7 +1,7 @@
 """`python -m compute demo`: the embedded default, end to end.
 
-For each demo checkpoint (one ``vmamba-micro`` per patch order, trained by
-``tools/train_demo.sh`` on scikit-learn's digits and shipped in ``mambapanel/checkpoints``):
+For each demo checkpoint (one ``vmamba-micro`` per patch order and two ``vim-micro``, trained
+by ``tools/train_demo.sh`` on scikit-learn's digits and shipped in ``mambapanel/checkpoints``):
 extract a run on held-out digits through the Dask pipeline, reduce it (PCA, t-SNE, UMAP),
 add the findings, then serve the dashboard with every run loaded (:mod:`compute.serve`).
 Runs that are already complete are reused; a run that was interrupted is resumed.
@@ -21,8 +21,15 @@ from mambapanel import models, store
 from mambapanel.errors import MambapanelError
 
 CHECKPOINTS = Path(mambapanel.__file__).resolve().parent / "checkpoints"  # package data
-DEMO_MODEL = "vmamba-micro"
-DEMO_ORDERS = ("cross", "diagonal", "morton", "spiral", "hilbert", "bidirectional")
+# Demo name (the run's directory under --runs) -> (model, order) of its checkpoint.
+DEMO_MODELS = {
+    **{
+        order: ("vmamba-micro", order)
+        for order in ("cross", "diagonal", "morton", "spiral", "hilbert", "bidirectional")
+    },
+    "vim-bidirectional": ("vim-micro", "bidirectional"),
+    "vim-morton": ("vim-micro", "morton"),
+}
 DEMO_IMAGES = 64
 DEMO_METHODS = ("pca", "tsne", "umap")
 
@@ -31,13 +38,16 @@ class DemoError(MambapanelError, ValueError):
     """A demo that cannot be built (a missing checkpoint, a run made with other options)."""
 
 
-def checkpoint(order: str) -> Path:
-    """The committed demo checkpoint of ``order``."""
-    path = CHECKPOINTS / f"{DEMO_MODEL}-{order}.pth"
+def checkpoint(name: str) -> Path:
+    """The committed checkpoint of demo model ``name`` (a key of :data:`DEMO_MODELS`)."""
+    if name not in DEMO_MODELS:
+        raise DemoError(f"no demo model {name!r}; the demo models: {', '.join(DEMO_MODELS)}")
+    model, order = DEMO_MODELS[name]
+    path = CHECKPOINTS / f"{model}-{order}.pth"
     if not path.is_file():
         raise DemoError(
-            f"{path}: no demo checkpoint for order {order!r}; `bash tools/train_demo.sh` "
-            "trains them (about 3 minutes each on 2 cores)"
+            f"{path}: no demo checkpoint for {name!r}; `bash tools/train_demo.sh` trains "
+            "them (a few minutes each on 2 cores)"
         )
     return path
 
@@ -64,54 +74,59 @@ def _complete(run: Path, checkpoint: Path, sha256: str, n: int) -> bool:
 def build(
     runs_dir: str | Path,
     *,
-    orders: Sequence[str] = DEMO_ORDERS,
+    names: Sequence[str] = tuple(DEMO_MODELS),
     n: int = DEMO_IMAGES,
     methods: Sequence[str] = DEMO_METHODS,
     workers: int = 2,
     progress: bool = True,
 ) -> list[Path]:
-    """Make (or reuse) one run per order under ``runs_dir``, reduced and with findings.
+    """Make (or reuse) one run per demo model under ``runs_dir`` (named as the model is in
+    :data:`DEMO_MODELS`), reduced and with findings.
 
-    Returns the runs' paths, in ``orders``' order.
+    Returns the runs' paths, in the order of ``names``.
     """
     from compute.extract import connect, extract
     from mambapanel.findings.report import report
 
     runs_dir = Path(runs_dir).resolve()
-    checkpoints = {order: checkpoint(order) for order in orders}  # all missing ones fail first
-    runs = {order: runs_dir / order for order in orders}
+    checkpoints = {name: checkpoint(name) for name in names}  # all missing ones fail first
+    runs = {name: runs_dir / name for name in names}
     # Each checkpoint's metadata (file hash, training size), read once.
-    metas = {order: models.read_state_dict(path)[1] for order, path in checkpoints.items()}
+    metas = {name: models.read_state_dict(path)[1] for name, path in checkpoints.items()}
     to_extract = [
-        o for o in orders if not _complete(runs[o], checkpoints[o], metas[o]["sha256"], n)
+        name
+        for name in names
+        if not _complete(runs[name], checkpoints[name], metas[name]["sha256"], n)
     ]
-    for order in orders:
-        if order not in to_extract:
-            print(f"{runs[order]}: complete, reused", flush=True)
+    for name in names:
+        if name not in to_extract:
+            print(f"{runs[name]}: complete, reused", flush=True)
     if to_extract:
         # One LocalCluster for every run: its start-up is paid once.
         with connect(None, workers) as client:
-            for order in to_extract:
+            for name in to_extract:
+                model, order = DEMO_MODELS[name]
                 try:
                     extract(
-                        runs[order],
+                        runs[name],
                         n=n,
                         scheduler=client.scheduler.address,
                         progress=progress,
-                        model=DEMO_MODEL,
-                        checkpoint=str(checkpoints[order]),
+                        model=model,
+                        checkpoint=str(checkpoints[name]),
                         order=order,
                         image_source="demo",
-                        image_size=metas[order]["config"]["image_size"],
+                        image_size=metas[name]["config"]["image_size"],
                     )
                 except store.RunError as err:
                     raise DemoError(
-                        f"{err}\n(the demo run {runs[order]} was made with other options or "
+                        f"{err}\n(the demo run {runs[name]} was made with other options or "
                         "another checkpoint: delete it, or give another --runs directory)"
                     ) from err
-    reduce_all([runs[order] for order in orders], methods, workers=workers, progress=progress)
-    report([runs[order] for order in orders], runs_dir / "findings")
-    return [runs[order] for order in orders]
+    paths = [runs[name] for name in names]
+    reduce_all(paths, methods, workers=workers, progress=progress)
+    report(paths, runs_dir / "findings")
+    return paths
 
 
 def _reduced(run: Path, methods: Sequence[str]) -> bool:

@@ -1,6 +1,6 @@
 """The demo's runs, made once per session by the README's demo command itself
-(``python -m compute demo --no-serve``) at a small size: two of the committed demo models
-(cross and morton), 4 held-out digits each, PCA only.
+(``python -m compute demo --no-serve``) at a small size: three of the committed demo models
+(the VMamba cross and morton ones and the Vim morton one), 4 held-out digits each, PCA only.
 
 ``tests/conftest.py`` makes it a fixture of every test (``demo_runs``); the runs are kept
 under the session's base temporary directory, so they are built once.
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDERS = ("cross", "morton")
-OPTIONS = ["--orders", ",".join(ORDERS), "--n", "4", "--methods", "pca"]
+NAMES = ("cross", "morton", "vim-morton")
+OPTIONS = ["--models", ",".join(NAMES), "--n", "4", "--methods", "pca"]
 
 
 def demo_command(runs: Path, *extra: str) -> list[str]:

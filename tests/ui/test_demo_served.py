@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from demo_runs import ORDERS, ROOT, demo_command
+from demo_runs import NAMES, ROOT, demo_command
 from playwright.sync_api import Page, expect
 from served import ARTIFACTS, SERVER_START_TIMEOUT, free_port
 from test_dashboard import TIMEOUT_MS, click_patch, figure, wait_for_figure
@@ -55,8 +55,8 @@ def demo_server(demo_runs: Path):
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{base}/explorer", timeout=5)
     text = log.read_text()
-    for order in ORDERS:
-        assert f"{demo_runs / order}: complete, reused" in text
+    for name in NAMES:
+        assert f"{demo_runs / name}: complete, reused" in text
 
 
 def test_demo_serves_the_explorer_with_every_demo_run(
@@ -67,7 +67,7 @@ def test_demo_serves_the_explorer_with_every_demo_run(
     menu = page.locator(".bk-input-group").filter(
         has=page.locator("label", has_text=re.compile("^run$"))
     )
-    expect(menu.locator("option")).to_have_count(len(ORDERS), timeout=TIMEOUT_MS)
+    expect(menu.locator("option")).to_have_count(len(NAMES), timeout=TIMEOUT_MS)
     grid = wait_for_figure(
         page, "patch-view", lambda shown: shown["image"] is not None and len(shown["image"]) == 256,
         "the patch view should show stage 0's 16x16 grid",
