@@ -133,7 +133,7 @@ def _reduced(run: Path, methods: Sequence[str]) -> bool:
     """Every stage of ``run`` stores embeddings for every one of ``methods``."""
     tree = store.open_run(run)
     for stage in tree.attrs["stages"]:
-        group = tree[f"stage{stage}"]
+        group = tree[store.stage_group(stage)]
         if "method" not in group.coords or set(methods) - set(group["method"].values):
             return False
     return True

@@ -205,7 +205,7 @@ def report_float16_range(out: Path) -> None:
     tree = store.open_run(out)
     normal = float(np.finfo(np.float16).tiny)
     for stage in tree.attrs["stages"]:
-        largest = float(abs(tree[f"stage{stage}"]["attention_mean"]).max())
+        largest = float(abs(tree[store.stage_group(stage)]["attention_mean"]).max())
         if largest < normal:
             print(
                 f"warning: stage {stage}: |attention_mean| <= {largest:.2g}, below float16's "

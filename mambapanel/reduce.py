@@ -37,7 +37,7 @@ from mambapanel.randomized_pca import (
     feature_shape,
     pca,
 )
-from mambapanel.store import open_run
+from mambapanel.store import EMBEDDING_INTER, EMBEDDING_INTRA, open_run, stage_group
 
 METHODS = ("pca", "tsne", "umap")
 XY = ("x", "y")
@@ -268,7 +268,7 @@ def reduce_run(
         total=len(stages) * len(methods), desc="reduce", unit="embedding", disable=not progress
     ) as bar:
         for stage in stages:
-            name = f"stage{stage}"
+            name = stage_group(stage)
             _reduce_stage(path, name, tree[name], methods, seed, n_pca, method_params, force, bar)
 
 
@@ -289,8 +289,8 @@ def _reduce_stage(
     n_patches = attention.sizes["query"]
     inter_features = inter_block_features(attention)
     # Both variables load whole: a few floats per point.
-    inter = _stored(node, "embedding_inter")
-    intra = _stored(node, "embedding_intra")
+    inter = _stored(node, EMBEDDING_INTER)
+    intra = _stored(node, EMBEDDING_INTRA)
     # t-SNE and UMAP share one PCA of each feature set: {width: scores}.
     inter_pca: dict[int, np.ndarray] = {}
     intra_pca: list[dict[int, np.ndarray]] = [{} for _ in range(n_blocks)]
@@ -355,8 +355,8 @@ def _write_embeddings(
                 {PARAMS_ATTR: json.dumps({method: variable[method][1] for method in methods})},
             )
             for name, dims, variable in (
-                ("embedding_inter", ("method", "image", "block", "xy"), inter),
-                ("embedding_intra", ("method", "block", "query", "xy"), intra),
+                (EMBEDDING_INTER, ("method", "image", "block", "xy"), inter),
+                (EMBEDDING_INTRA, ("method", "block", "query", "xy"), intra),
             )
         },
         # object dtype: zarr v3 specifies variable-length strings, not numpy's fixed "<U".
@@ -365,7 +365,7 @@ def _write_embeddings(
     group = zarr.open_group(path, path=group_name, mode="r+")
     # to_zarr cannot resize the method dimension of existing arrays, so these small arrays
     # are replaced whole (stored methods are rewritten with the values just read).
-    for name in ("embedding_inter", "embedding_intra", "method"):
+    for name in (EMBEDDING_INTER, EMBEDDING_INTRA, "method"):
         if name in group:
             del group[name]
     # to_zarr(mode="a") replaces the group's attrs with the dataset's: carry them over.
@@ -377,8 +377,8 @@ def _write_embeddings(
         consolidated=False,
         encoding={
             # One method of Mode 1, or one (method, block) of Mode 2, is one chunk.
-            "embedding_inter": {"chunks": (1, n_images, n_blocks, len(XY))},
-            "embedding_intra": {"chunks": (1, 1, n_patches, len(XY))},
+            EMBEDDING_INTER: {"chunks": (1, n_images, n_blocks, len(XY))},
+            EMBEDDING_INTRA: {"chunks": (1, 1, n_patches, len(XY))},
         },
     )
 

@@ -134,10 +134,23 @@ FRACTIONS = tuple(round(0.1 * step, 1) for step in range(10))
 EXPLANATION_VARIABLES = ("predicted", "relevance", "faithfulness")
 CLS_VARIABLES = ("attention_from_cls", "attention_to_cls")
 QUERY_KEY_COORDINATES = "query_row query_col key_row key_col"
+FINDINGS_GROUP = "findings"  # added by python -m compute findings
+# What compute reduce adds to a stage group (mambapanel.reduce).
+EMBEDDING_INTER, EMBEDDING_INTRA = "embedding_inter", "embedding_intra"
 # Root attrs renamed since runs were first written, old name -> new: an old run still opens.
 RENAMED_ATTRS = {"reduce": "channels"}
 # Root attrs added since, with the value that describes a run made before them.
 ADDED_ATTRS = {"explanations": False, "faithfulness_images": 0}
+
+
+def stage_group(stage: int) -> str:
+    """The name of stage ``stage``'s group: ``stage{s}`` (the one place it is spelled)."""
+    return f"stage{stage}"
+
+
+def findings_group(stage: int) -> str:
+    """The name of stage ``stage``'s findings group (:mod:`mambapanel.findings.record`)."""
+    return f"{FINDINGS_GROUP}/{stage_group(stage)}"
 
 
 class RunError(MambapanelError, ValueError):
@@ -323,7 +336,7 @@ def _create_stage(
     height, width = layout.grid
     L, blocks = layout.patches, layout.n_blocks
     group = root.create_group(
-        f"stage{layout.stage}",
+        stage_group(layout.stage),
         attributes={
             "stage": layout.stage,
             "n_blocks": blocks,
@@ -410,7 +423,7 @@ def check_run(path: str | Path) -> zarr.Group:
     if explained and CLS_TEST in root["test"][...]:
         stage_variables = (*stage_variables, *CLS_VARIABLES)
     for stage in root.attrs["stages"]:
-        name = f"stage{stage}"
+        name = stage_group(stage)
         if name not in root:
             raise RunError(f"{path}: no group {name!r} (attribute 'stages' lists stage {stage})")
         _require(path, root[name], name, stage_variables)
@@ -499,7 +512,7 @@ def read_run(path: str | Path) -> RunInfo:
     root = check_run(path)
     layouts = []
     for stage in root.attrs["stages"]:
-        attrs = root[f"stage{stage}"].attrs
+        attrs = root[stage_group(stage)].attrs
         full_grid = (attrs["full_grid_height"], attrs["full_grid_width"])
         layouts.append(StageLayout(stage, attrs["n_blocks"], full_grid, attrs["pool"]))
     image_ids = [str(image_id) for image_id in root["image_id"][...]]
@@ -526,7 +539,7 @@ def write_attention(
     values : r(b, L, L)
         Matrices, best already in the run's dtype; cast here otherwise.
     """
-    array = _array(path, f"stage{stage}/attention")
+    array = _array(path, f"{stage_group(stage)}/attention")
     array[start : start + len(values), block] = values.astype(array.dtype, copy=False)
 
 
@@ -557,7 +570,7 @@ def write_cls(
 ) -> None:
     """Write a Vim block's CLS row (from CLS, r(b, key)) and column (to CLS, r(b, query))."""
     for name, values in zip(CLS_VARIABLES, (from_cls, to_cls), strict=True):
-        _array(path, f"stage{stage}/{name}")[start : start + len(values), block] = values
+        _array(path, f"{stage_group(stage)}/{name}")[start : start + len(values), block] = values
 
 
 def write_shard(
@@ -581,7 +594,7 @@ def write_shard(
     images = shard_images(zarr.open_group(path, mode="r").attrs, shard)
     _array(path, "thumbnail")[images.start : images.stop] = thumbnails
     for stage, sums in partial_sums.items():
-        _array(path, f"stage{stage}/partial_sum")[shard] = sums
+        _array(path, f"{stage_group(stage)}/partial_sum")[shard] = sums
     _array(path, "done")[images.start : images.stop] = True
 
 
@@ -599,7 +612,7 @@ def finalise(path: str | Path) -> None:
                 f"{done.size} images are not done"
             )
         for stage in attrs["stages"]:
-            group = root[f"stage{stage}"]
+            group = root[stage_group(stage)]
             partial, mean = group["partial_sum"], group["attention_mean"]
             for block in range(group.attrs["n_blocks"]):
                 total = np.zeros(mean.shape[1:], dtype=np.float64)
@@ -623,7 +636,7 @@ def _remove_scratch(path: str | Path, stages: Sequence[int]) -> None:
     and two processes may remove at once.
     """
     for stage in stages:
-        shutil.rmtree(Path(path, f"stage{stage}", "partial_sum"), ignore_errors=True)
+        shutil.rmtree(Path(path, stage_group(stage), "partial_sum"), ignore_errors=True)
 
 
 def _array(path: str | Path, name: str) -> zarr.Array:

@@ -57,10 +57,10 @@ import xarray as xr
 import zarr
 
 from mambapanel import __version__
-from mambapanel.store import RunError
+from mambapanel.store import FINDINGS_GROUP, RunError, findings_group
 
 FINDINGS_VERSION = 1
-GROUP = "findings"
+GROUP = FINDINGS_GROUP
 RANDOM = "random"  # the reference order made of the run's routes on relabelled patches
 FAITHFULNESS = "faithfulness"  # the group of the perturbation test's summary
 STRING = object  # zarr v3 specifies variable-length strings, not numpy's fixed-width "<U"
@@ -83,7 +83,7 @@ def write_findings(
         del root[GROUP]
     root.create_group(GROUP)
     for stage, dataset in stages.items():
-        dataset.to_zarr(path, group=f"{GROUP}/stage{stage}", mode="w", consolidated=False)
+        dataset.to_zarr(path, group=findings_group(stage), mode="w", consolidated=False)
     if faithfulness is not None:
         faithfulness.to_zarr(path, group=f"{GROUP}/{FAITHFULNESS}", mode="w", consolidated=False)
     group = zarr.open_group(path, path=GROUP, mode="r+")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mambapanel.address import Address
 from mambapanel.errors import OptionError, check_writable_folder
 from mambapanel.findings.figures import heatmap, locality_figure
 from mambapanel.findings.record import Findings, read_findings
@@ -103,7 +104,7 @@ def markdown(found: Sequence[Findings], paths: Sequence[Path], out: Path) -> str
         parts += ["## Patch order across runs", ORDER_INTRODUCTION]
     for stage, section in sections.items():
         if section:
-            figure = f"order-matrix-stage{stage}.png"
+            figure = f"order-matrix-{Address(stage).group}.png"
             title = f"stage {stage}: attention on preceding patches / chance"
             heatmap(order_matrix(found, stage), title).save(out / figure)
             parts += [*section, f"![order matrix, stage {stage}]({figure})"]

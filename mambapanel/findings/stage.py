@@ -28,7 +28,7 @@ from mambapanel.findings.metrics import (
     sequence_distance,
 )
 from mambapanel.findings.record import RANDOM, STRING, write_findings
-from mambapanel.store import open_run
+from mambapanel.store import EMBEDDING_INTER, open_run, stage_group
 
 #: Orders whose "preceding patches" every run is measured against (the paper's three, the
 #: two of the original models and Hilbert); a run's own order is added when it is not here.
@@ -178,13 +178,13 @@ def compute_run(
     compared = [name for name in dict.fromkeys([*compared, order]) if name in known]
     stages = {}
     for stage in tree.attrs["stages"]:
-        node = tree[f"stage{stage}"]
+        node = tree[stage_group(stage)]
         attrs = node.attrs
         height, width = attrs["grid_height"], attrs["grid_width"]
         notes = []
         embeddings = {}
-        if "embedding_inter" in node.data_vars:
-            inter = node["embedding_inter"].transpose("method", "image", "block", "xy").values
+        if EMBEDDING_INTER in node.data_vars:
+            inter = node[EMBEDDING_INTER].transpose("method", "image", "block", "xy").values
             embeddings = {str(m): inter[i] for i, m in enumerate(node["method"].values)}
         else:
             notes.append(
