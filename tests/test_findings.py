@@ -383,3 +383,17 @@ def test_findings_view_imports_no_torch():
         "assert not {'torch', 'triton'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_vim_run_is_measured_against_the_routes_it_scans(demo_runs):
+    """A Vim scans route 0 of its order and the reverse: "preceding" follows those two
+    routes (for VMamba, all of the order's routes)."""
+    found = record.read_findings(open_run(demo_runs / "vim-morton"), "vim-morton")
+    dataset = found.stages[0]
+    route = orders.single_route("morton", 8, 8).numpy()
+    mask = metrics.preceding_mask(np.stack([route, route[::-1]]), 8)
+    references = record.labels(dataset, "reference")
+    chance = dataset["order_chance"].values[references.index("morton")]
+    assert chance == pytest.approx(metrics.order_chance(mask))
+    four_routes = metrics.preceding_mask(orders.routes("morton", 8, 8).numpy(), 8)
+    assert chance != pytest.approx(metrics.order_chance(four_routes))

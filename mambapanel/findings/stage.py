@@ -174,6 +174,7 @@ def compute_run(
 
     tree = open_run(path)
     order = str(tree.attrs["order"])
+    model_routes = _routes_of(str(tree.attrs["model"]))
     known = set(orders.available())
     compared = [name for name in dict.fromkeys([*compared, order]) if name in known]
     stages = {}
@@ -204,10 +205,8 @@ def compute_run(
                 "(mambapanel.orders.register it, then call mambapanel.findings.report.report)"
             )
         else:
-            routes = orders.routes(order, height, width).numpy()
-            compared_routes = {
-                name: orders.routes(name, height, width).numpy() for name in compared
-            }
+            routes = model_routes(order, height, width)
+            compared_routes = {name: model_routes(name, height, width) for name in compared}
         stages[stage] = stage_findings(
             node["attention_mean"].transpose("block", "query", "key").values,
             height,
@@ -225,6 +224,22 @@ def compute_run(
         {"order": order, "compared_orders": compared, "seeds": seeds},
         run_faithfulness(tree),
     )
+
+
+def _routes_of(model: str):
+    """routes(order, H, W) -> int(K, L) as the run's model family scans an order: VMamba all
+    of the order's routes, Vim route 0 and its reverse (the model's own patches, the CLS
+    token left out)."""
+    from mambapanel import models, orders
+
+    if models.CONFIGS.get(model, {}).get("family") != "vim":
+        return lambda order, height, width: orders.routes(order, height, width).numpy()
+
+    def routes(order: str, height: int, width: int) -> np.ndarray:
+        route = orders.single_route(order, height, width).numpy()
+        return np.stack([route, route[::-1]])
+
+    return routes
 
 
 def run_faithfulness(tree: xr.DataTree) -> xr.Dataset | None:
