@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import panel as pn
 import pytest
+import xarray as xr
 import zarr
 from PIL import Image
 
@@ -397,3 +398,22 @@ def test_a_vim_run_is_measured_against_the_routes_it_scans(demo_runs):
     assert chance == pytest.approx(metrics.order_chance(mask))
     four_routes = metrics.preceding_mask(orders.routes("morton", 8, 8).numpy(), 8)
     assert chance != pytest.approx(metrics.order_chance(four_routes))
+
+
+def test_own_order_first_counts_a_tie():
+    def run(name, order, shares):
+        dataset = xr.Dataset(
+            {
+                "order_share": (("block", "reference"), [shares]),
+                "order_chance": ("reference", [0.1] * len(shares)),
+            },
+            coords={"block": [0], "reference": ["cross", "bidirectional", "morton"]},
+        )
+        return record.Findings(name, "m", order, {}, {0: dataset})
+
+    runs = [
+        run("tie", "bidirectional", [0.3, 0.3, 0.1]),
+        run("own", "morton", [0.1, 0.2, 0.4]),
+        run("other", "cross", [0.1, 0.2, 0.4]),
+    ]
+    assert tables.own_order_first(runs, 0) == (2, 3)

@@ -277,11 +277,13 @@ def order_matrix(runs: Sequence[Findings], stage: int) -> pd.DataFrame:
 
 
 def own_order_first(runs: Sequence[Findings], stage: int) -> tuple[int, int]:
-    """(runs whose largest :func:`order_matrix` value is under their own order, runs)."""
+    """(runs whose largest :func:`order_matrix` value is under their own order, runs). A tie
+    counts: two orders can define the same preceding patches (a Vim scans route 0 of an
+    order and its reverse, and cross's route 0 is bidirectional's)."""
     matrix = order_matrix(runs, stage).drop(columns=RANDOM, errors="ignore")
     measured = [f for f in runs if stage in f.stages and "order_share" in f.stages[stage]]
     first = sum(
-        bool(row.notna().any()) and row.idxmax() == findings.order
+        bool(row.notna().any()) and bool(np.isclose(row.get(findings.order), row.max()))
         for findings, (_, row) in zip(measured, matrix.iterrows(), strict=True)
     )
     return first, len(measured)
