@@ -123,3 +123,21 @@ def test_rejects_unsupported_requests():
         triton_kernels.route_attention(delta, A, B, C, tile=24)
     with pytest.raises(ValueError, match="shapes do not match"):
         triton_kernels.route_attention(delta, A, B[:, :1], C)
+
+
+def test_a_vim_mixer_with_16_states_through_the_triton_kernel():
+    """Both routes of a Vim mixer (N = 16, CLS in the middle of route 0) through the kernel,
+    merged in token order, against the float64 reference."""
+    from test_vim_attention import record
+
+    from mambapanel.attention.vim import vim_attention
+
+    inputs = record((3, 4), "bidirectional", d_state=16)
+    expected = vim_attention(inputs, backend="reference", dtype=torch.float64)
+    single = type(inputs)(
+        **{k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+           for k, v in inputs.__dict__.items()}
+    )  # fmt: skip
+    got = vim_attention(single, backend="triton", tile=16)
+    scale = expected.abs().max()
+    assert (got.double() - expected).abs().max() / scale < 1e-5
