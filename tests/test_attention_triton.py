@@ -134,10 +134,12 @@ def test_a_vim_mixer_with_16_states_through_the_triton_kernel():
 
     inputs = record((3, 4), "bidirectional", d_state=16)
     expected = vim_attention(inputs, backend="reference", dtype=torch.float64)
-    single = type(inputs)(
-        **{k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
-           for k, v in inputs.__dict__.items()}
-    )  # fmt: skip
-    got = vim_attention(single, backend="triton", tile=16)
+    def on_device(value):
+        if not torch.is_tensor(value):
+            return value
+        return value.to(DEVICE, torch.float32 if value.is_floating_point() else value.dtype)
+
+    single = type(inputs)(**{k: on_device(v) for k, v in inputs.__dict__.items()})
+    got = vim_attention(single, backend="triton", tile=16).cpu()
     scale = expected.abs().max()
     assert (got.double() - expected).abs().max() / scale < 1e-5
