@@ -9,6 +9,7 @@ import io
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import panel as pn
@@ -239,21 +240,34 @@ def test_renders_as_a_notebook_cell(explorer):
     assert model.children
 
 
-def test_views_and_dashboards_never_import_torch():
+DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
+
+
+def test_views_and_dashboards_never_import_torch(small_run):
+    """Every module of the views, and both dashboard scripts run as ``panel serve`` runs
+    them, in a fresh interpreter: no torch or Triton (seconds of import, a GPU context)."""
     code = (
-        "import sys; import mambapanel.views; "
-        "assert not {'torch', 'triton'} & set(sys.modules), sorted(sys.modules)"
+        "import importlib, pkgutil, runpy, sys; import mambapanel.views as views; "
+        "names = [m.name for m in pkgutil.iter_modules(views.__path__, 'mambapanel.views.')]; "
+        "[importlib.import_module(name) for name in names]; "
+        f"sys.argv = ['dashboard', {str(small_run)!r}, {str(small_run)!r}]; "
+        f"[runpy.run_path(f'{DASHBOARDS}/{{name}}.py') for name in ('explorer', 'compare')]; "
+        "print(len(names), sorted({'torch', 'triton'} & set(sys.modules)))"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    count, imported = result.stdout.decode().split(" ", 1)
+    assert int(count) >= 15  # the walk found the modules (app, data, explorer, ...)
+    assert imported.strip() == "[]"
 
 
 def test_a_rendered_page_imports_nothing_it_does_not_draw_with(small_run):
-    """A page of a few thousand points needs no xarray (it reads zarr), Dask, SciPy,
+    """A page of a few thousand points needs no torch, xarray (it reads zarr), Dask, SciPy,
     scikit-learn, UMAP, Numba or Datashader (over 50,000 points only), no colorcet (over ten
     blocks only) and no Pillow (export only): each of them is a fraction of a second of a
-    served page's first render."""
+    served page's first render, torch several seconds."""
     unwanted = [
-        "xarray", "dask", "scipy", "sklearn", "umap", "numba", "datashader", "colorcet", "PIL"
+        "torch", "triton", "xarray", "dask", "scipy", "sklearn", "umap", "numba",
+        "datashader", "colorcet", "PIL",
     ]  # fmt: skip
     code = (
         "import sys; import panel as pn; from bokeh.document import Document; "
