@@ -23,7 +23,7 @@ from PIL import Image
 from mambapanel.store import RunError, open_run
 from mambapanel.views import Explorer, RunData, dashboard
 from mambapanel.views import scatter as scatter_module
-from mambapanel.views.geometry import PointIndex
+from mambapanel.views.geometry import PointIndex, patch_at_location, patches_at_location
 from mambapanel.views.style import hex_colours
 
 
@@ -181,6 +181,52 @@ def test_compare_two_blocks_and_two_runs_with_the_same_patch(small_run):
     assert right.patches.patch == (2, 6)
     right.patches.tap.event(x=1, y=1)  # a click on either side moves both
     assert left.patches.patch == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("patches", "source", "target", "expected"),
+    [
+        ([(2, 6)], (8, 8), (16, 16), [(4, 12), (4, 13), (5, 12), (5, 13)]),
+        ([(4, 12), (5, 13)], (16, 16), (8, 8), [(2, 6)]),
+        ([(1, 1)], (3, 3), (2, 2), [(1, 1)]),  # centre on a corner: the patch below right
+        ([(0, 0)], (14, 14), (14, 14), [(0, 0)]),
+        ([(0, 2)], (2, 3), (4, 9), [(0, 6), (0, 7), (0, 8), (1, 6), (1, 7), (1, 8)]),
+    ],
+)
+def test_patches_at_the_same_image_location_on_another_grid(patches, source, target, expected):
+    assert patches_at_location(patches, source, target) == expected
+    # Brute force: every target patch whose centre lies in a source patch's area.
+    centres = [
+        (r, c)
+        for r in range(target[0])
+        for c in range(target[1])
+        for row, col in patches
+        if int((r + 0.5) * source[0] / target[0]) == row
+        and int((c + 0.5) * source[1] / target[1]) == col
+    ]
+    assert set(centres) <= set(expected)
+    assert {patch_at_location(patch, source, target) for patch in patches} <= set(expected)
+
+
+def test_a_vmamba_run_and_a_vim_run_side_by_side(demo_runs):
+    """Grids 16 x 16 (VMamba's stage 0) and 8 x 8 (Vim): the same image location."""
+    runs = {"vmamba": demo_runs / "cross", "vim": demo_runs / "vim-morton"}
+    explorer = Explorer(runs, stage=0, block=0, compare="runs", run_b="vim")
+    left, right = explorer.shown
+    assert not right.problem.visible
+    assert "grid 8×8: patches at the same image location" in right.caption.object
+    explorer.patch = (5, 9)
+    assert right.patches.patch == right.image.patch == (2, 4)
+    vim = RunData(demo_runs / "vim-morton")
+    np.testing.assert_array_equal(right.patches.values(), vim.attention_row(0, 0, (2, 4)))
+    right.patches.tap.event(x=1, y=6)  # a click on the Vim side: its patch (6, 1) ...
+    assert right.patches.patch == (6, 1)
+    assert explorer.patch == left.patches.patch == (13, 3)  # ... under it on the left
+    explorer.selection = [(0, 0), (0, 1), (15, 15)]
+    assert right.patches.selection == right.scatter.selected_patches() == [(0, 0), (7, 7)]
+    right.scatter.select_patches([(7, 7)])
+    right.scatter.param.trigger("selected")
+    assert explorer.selection == [(14, 14), (14, 15), (15, 14), (15, 15)]
 
 
 def test_url_state_round_trip(explorer):

@@ -16,6 +16,7 @@ import param
 
 from mambapanel.store import RunError
 from mambapanel.views.data import RunData, RunsLike, load_runs
+from mambapanel.views.geometry import patch_at_location, patches_at_location
 from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
 from mambapanel.views.scatter import ScatterView
@@ -201,13 +202,27 @@ class Explorer(pn.viewable.Viewer):
         self._link_side(len(self.sides) - 1, side)
 
     def _view_values(self, run: RunData, block: int | None) -> tuple[dict, dict, dict]:
-        """The parameters of a side's scatterplot, patch view and image view."""
-        common = dict(run=run, stage=self.stage, block=block, patch=self.patch)
+        """The parameters of a side's scatterplot, patch view and image view; the patches
+        at the same image location where ``run``'s grid is not the left run's."""
+        patch, selection = self._on_grid_of(run, self.patch, self.selection)
+        common = dict(run=run, stage=self.stage, block=block, patch=patch)
         return (
             dict(common, method=self.method, image=self.image),
-            dict(common, selection=self.selection, scale=self.scale),
+            dict(common, selection=selection, scale=self.scale),
             dict(common, image=self.image, scale=self.scale),
         )
+
+    def _on_grid_of(
+        self, run: RunData, patch: tuple | None, selection: list[tuple], back: bool = False
+    ) -> tuple[tuple | None, list[tuple]]:
+        """``patch`` and ``selection`` of the left run's grid on ``run``'s grid (``back``:
+        the reverse), by image location; unchanged on the same grid."""
+        grids = (self.data.grid(self.stage), run.grid(self.stage))
+        source, target = grids[::-1] if back else grids
+        if source == target:
+            return patch, selection
+        moved = None if patch is None else patch_at_location(patch, source, target)
+        return moved, patches_at_location(selection, source, target)
 
     def _side_values(self, index: int) -> tuple[RunData, int | None]:
         """The run and block of side ``index``: the right side (1) differs when comparing."""
@@ -228,11 +243,6 @@ class Explorer(pn.viewable.Viewer):
             return str(err)
         if self.stage not in run.stages:
             return f"{run.name} stores stages {run.stages}, not stage {self.stage}"
-        if run.grid(self.stage) != self.data.grid(self.stage):
-            return (
-                f"{run.name} has a {run.grid(self.stage)} grid at stage {self.stage}, "
-                f"{self.run} a {self.data.grid(self.stage)} grid: patches do not correspond"
-            )
         if self.block is not None and self.block >= run.n_blocks(self.stage):
             return f"{run.name} has {run.n_blocks(self.stage)} blocks at stage {self.stage}"
         if self.method not in run.methods(self.stage):
@@ -257,12 +267,19 @@ class Explorer(pn.viewable.Viewer):
                     continue
                 for view, values in zip(side.views(), self._view_values(run, block), strict=True):
                     _update(view, values)
-                if self.selection != side.scatter.selected_patches():
-                    side.scatter.select_patches(self.selection)
+                selection = self._on_grid_of(run, None, self.selection)[1]
+                if selection != side.scatter.selected_patches():
+                    side.scatter.select_patches(selection)
                 where = ALL_BLOCKS if block is None else f"block {block}"
+                grid = run.grid(self.stage)
+                located = (
+                    f" · grid {grid[0]}×{grid[1]}: patches at the same image location"
+                    if grid != self.data.grid(self.stage)
+                    else ""
+                )
                 side.caption.object = (
                     f"<p><b>{escape(run.name)}</b> ({escape(run.order)}) · stage {self.stage}"
-                    f" · {where}</p>"
+                    f" · {where}{located}</p>"
                 )
         finally:
             self._linking = False
@@ -279,14 +296,18 @@ class Explorer(pn.viewable.Viewer):
 
             view.param.watch(act_unless_linking, names)
 
+        def clicked(changed: dict) -> None:  # on the side's grid
+            self.patch = self._on_grid_of(side.scatter.run, changed["patch"], [], back=True)[0]
+
         watch(side.scatter, ["selected"], lambda _: self._selected_from(side.scatter))
         watch(side.scatter, ["block", "image"], lambda changed: self._picked(index, changed))
         for view in side.views():
-            watch(view, ["patch"], lambda changed: setattr(self, "patch", changed["patch"]))
+            watch(view, ["patch"], clicked)
 
     def _selected_from(self, scatter: ScatterView) -> None:
         if scatter.mode == 2:
-            self.selection = scatter.selected_patches()
+            selected = scatter.selected_patches()
+            self.selection = self._on_grid_of(scatter.run, None, selected, back=True)[1]
         else:  # Mode 1 selects (image, block) points: no patches to show
             self._update_status()
 

@@ -91,3 +91,39 @@ class PointIndex:
         distance = np.hypot((self.x - x) / x_scale, (self.y - y) / y_scale)
         index = int(np.nanargmin(distance))
         return index, float(distance[index])
+
+
+Grid = tuple[int, int]
+
+
+def patch_at_location(patch: tuple[int, int], source: Grid, target: Grid) -> tuple[int, int]:
+    """The patch of ``target`` under the centre of ``patch`` of ``source``: the same image
+    location on another grid (a VMamba stage beside a Vim, say)."""
+    return tuple(
+        min(int((index + 0.5) * to / of), to - 1)
+        for index, of, to in zip(patch, source, target, strict=True)
+    )
+
+
+def patches_at_location(
+    patches: list[tuple[int, int]], source: Grid, target: Grid
+) -> list[tuple[int, int]]:
+    """The patches of ``target`` that cover the image area of ``patches`` of ``source``:
+    those whose centres lie in it, and the one under each patch's centre (a patch of a finer
+    grid holds no centre of a coarser one). Sorted, without repeats."""
+    if source == target:
+        return list(patches)
+    covered = {patch_at_location(patch, source, target) for patch in patches}
+    for row, col in patches:  # the target's centres inside this patch's area
+        rows = _centres_inside(row, source[0], target[0])
+        cols = _centres_inside(col, source[1], target[1])
+        covered.update((r, c) for r in rows for c in cols)
+    return sorted(covered)
+
+
+def _centres_inside(index: int, of: int, to: int) -> range:
+    """Indices j of a ``to``-long axis whose centre (j + 0.5) / to lies in [index, index + 1)
+    / of."""
+    first = int(np.ceil(index * to / of - 0.5))
+    last = int(np.ceil((index + 1) * to / of - 0.5))  # exclusive
+    return range(max(first, 0), min(last, to))
