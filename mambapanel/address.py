@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from mambapanel.store import stage_group
 
-ALL = "all"  # every block of a stage (Mode 1, inter-block, Algorithm 1), in URLs and menus
+ALL = "all"  # every block of a stage (Mode 1, inter-block, Algorithm 1), in URLs and files
+ALL_LABEL = "all blocks (Mode 1)"  # the same, for people
 
 
 @dataclass(frozen=True, order=True)
@@ -33,7 +34,7 @@ class Address:
 
     def caption(self) -> str:
         """For people: ``stage 1 · all blocks (Mode 1)``, ``stage 1 · block 0 · route 2``."""
-        where = "all blocks (Mode 1)" if self.block is None else f"block {self.block}"
+        where = ALL_LABEL if self.block is None else f"block {self.block}"
         route = "" if self.route is None else f" · route {self.route}"
         return f"stage {self.stage} · {where}{route}"
 
@@ -41,7 +42,7 @@ class Address:
         """For file names: ``stage1-all``, ``stage1-block0-route2``."""
         where = ALL if self.block is None else f"block{self.block}"
         route = "" if self.route is None else f"-route{self.route}"
-        return f"stage{self.stage}-{where}{route}"
+        return f"{self.group}-{where}{route}"
 
     def url_values(self) -> dict[str, str]:
         """For a URL query: stage, block (``all`` for Mode 1) and, when one, route."""
@@ -54,6 +55,11 @@ class Address:
 def block_text(block: int | None) -> str:
     """A block as a URL or a menu holds it: its number, or ``all`` (Mode 1)."""
     return ALL if block is None else str(block)
+
+
+def block_label(block: int | None) -> str:
+    """A block as a menu shows it: its number, or ``all blocks (Mode 1)``."""
+    return ALL_LABEL if block is None else str(block)
 
 
 def parse_block(text: str) -> int | None:

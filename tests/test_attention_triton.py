@@ -134,6 +134,7 @@ def test_a_vim_mixer_with_16_states_through_the_triton_kernel():
 
     inputs = record((3, 4), "bidirectional", d_state=16)
     expected = vim_attention(inputs, backend="reference", dtype=torch.float64)
+
     def on_device(value):
         if not torch.is_tensor(value):
             return value

@@ -11,7 +11,7 @@ import pytest
 from demo_runs import NAMES, ROOT, run_demo
 
 from compute import demo
-from mambapanel.store import open_run
+from mambapanel.store import open_run, stage_group
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_demo_runs_hold_the_demo_models_attention_and_embeddings(demo_runs):
         )
         size, shape = shapes[tree.attrs["model"]]
         assert tree.attrs["image_size"] == size
-        stage0 = tree["stage0"]
+        stage0 = tree[stage_group(0)]
         assert stage0["attention"].shape == shape
         assert list(stage0["embedding_inter"]["method"].values) == ["pca"]
         assert tree.attrs["explanations"] and tree["relevance"].shape[0] == 4

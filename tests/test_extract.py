@@ -17,6 +17,7 @@ from test_data import write_image
 from compute.__main__ import main
 from compute.extract import LOCAL_HTTP, report_disk
 from mambapanel import attention, data, explain, extract, store
+from mambapanel.store import stage_group
 
 SIZE = 64  # vmamba-micro grids: 16x16, 8x8, 4x4, 2x2
 IMAGES = ["cat/1.png", "cat/2.png", "cat/3.png", "dog/1.png", "dog/2.png", "dog/3.png"]
@@ -83,8 +84,10 @@ def test_run_records_images_labels_thumbnails_and_skipped_files(run, folder):
     assert list(tree["label"].values) == ["cat"] * 3 + ["dog"] * 3
     expected = [data.thumbnail(data.load_image(folder / name), 64) for name in IMAGES]
     np.testing.assert_array_equal(tree["thumbnail"].values, np.stack(expected))
-    assert tree["stage0"].attrs["grid_height"] == 8 and tree["stage0"].attrs["pool"] == 2
-    assert tree["stage1"]["attention"].shape == (6, 2, 64, 64)
+    assert (
+        tree[stage_group(0)].attrs["grid_height"] == 8 and tree[stage_group(0)].attrs["pool"] == 2
+    )
+    assert tree[stage_group(1)]["attention"].shape == (6, 2, 64, 64)
 
 
 def test_stored_matrices_match_a_direct_capture_pooled_where_asked(run, folder):
@@ -92,7 +95,7 @@ def test_stored_matrices_match_a_direct_capture_pooled_where_asked(run, folder):
     expected = {0: pooled_by_reshape(direct_attention(folder, 0), 16, 2)}
     expected[1] = direct_attention(folder, 1)
     for stage, matrices in expected.items():
-        stored = tree[f"stage{stage}"]["attention"].values
+        stored = tree[stage_group(stage)]["attention"].values
         assert stored.dtype == np.float16 and stored.shape == matrices.shape
         # Random weights give |α| ~ 1e-6, below float16's normal range (6.1e-5): its steps
         # there are 2^-24 apart.
@@ -105,7 +108,7 @@ def test_attention_mean_is_the_exact_float64_mean_not_the_float16_one(run, folde
         exact = direct_attention(folder, stage).mean(0)
         if stage == 0:
             exact = pooled_by_reshape(exact, 16, 2)
-        group = tree[f"stage{stage}"]
+        group = tree[stage_group(stage)]
         error = np.abs(group["attention_mean"].values - exact).max()
         float16_error = np.abs(group["attention"].values.astype(np.float64).mean(0) - exact).max()
         scale = np.abs(exact).max()
@@ -119,12 +122,12 @@ def test_float32_run_mean_is_the_mean_of_its_stored_matrices(tmp_path, folder, s
     options = ["--stages", "2,3", "--n", "3", "--channels", "absmean"]  # float32 by default
     assert main([*extract_args(out, folder, *options), "--scheduler", scheduler]) == 0
     tree = store.open_run(out)
-    assert tree.attrs["stages"] == [2, 3] and set(tree.children) == {"stage2", "stage3"}
+    assert tree.attrs["stages"] == [2, 3] and set(tree.children) == {stage_group(2), stage_group(3)}
     for stage in (2, 3):
-        stored = tree[f"stage{stage}"]["attention"].values
+        stored = tree[stage_group(stage)]["attention"].values
         assert stored.dtype == np.float32 and (stored >= 0).all()  # absmean
         mean = stored.astype(np.float64).mean(0).astype(np.float32)
-        np.testing.assert_array_max_ulp(tree[f"stage{stage}"]["attention_mean"].values, mean, 1)
+        np.testing.assert_array_max_ulp(tree[stage_group(stage)]["attention_mean"].values, mean, 1)
 
 
 def test_pool_attention_averages_uneven_edge_windows():
@@ -215,9 +218,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, sche
     for stage in range(4):
         for name in ("attention", "attention_mean"):
             np.testing.assert_array_equal(
-                killed[f"stage{stage}"][name].values, whole[f"stage{stage}"][name].values
+                killed[stage_group(stage)][name].values, whole[stage_group(stage)][name].values
             )
-        assert "partial_sum" not in killed[f"stage{stage}"]
+        assert "partial_sum" not in killed[stage_group(stage)]
     np.testing.assert_array_equal(killed["thumbnail"].values, whole["thumbnail"].values)
 
     other_order = subprocess.run(
@@ -252,7 +255,7 @@ def test_a_vim_run_stores_the_explanations_a_direct_capture_gives(tmp_path, fold
         stored = tree["relevance"].isel(explanation=index).values
         np.testing.assert_allclose(stored, maps[name].numpy(), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(stored.sum(-1), 1.0, rtol=1e-5)
-    stage = tree["stage0"]
+    stage = tree[stage_group(0)]
     for block in range(4):
         from_cls, to_cls = cap.cls_attention(0, block)
         np.testing.assert_allclose(stage["attention_from_cls"].values[:, block], from_cls,

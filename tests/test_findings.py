@@ -19,7 +19,7 @@ from compute import findings as command
 from mambapanel import orders
 from mambapanel.findings import metrics, record, stage, tables
 from mambapanel.findings.report import report
-from mambapanel.store import RunError, open_run
+from mambapanel.store import RunError, open_run, stage_group
 from mambapanel.views.findings import FindingsView, run_panel
 
 
@@ -274,7 +274,7 @@ def two_runs(small_run, tmp_path):
     shutil.copytree(small_run, cross)
     shutil.copytree(small_run, morton)
     zarr.open_group(morton, mode="r+").attrs["order"] = "morton"
-    zarr.open_group(morton, path="stage2", mode="r+").attrs.update(
+    zarr.open_group(morton, path=stage_group(2), mode="r+").attrs.update(
         pool=2, full_grid_height=8, full_grid_width=8
     )
     return cross, morton

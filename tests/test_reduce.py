@@ -11,6 +11,7 @@ import pytest
 from sklearn.decomposition import PCA
 
 from mambapanel import randomized_pca, reduce, store
+from mambapanel.store import stage_group
 
 N_IMAGES, N_BLOCKS, GRID = 6, 2, (4, 4)
 
@@ -243,7 +244,7 @@ def test_reduce_run_writes_embeddings(run, embedded):
 
     tree = store.open_run(run)
     for stage in (0, 1):
-        node = tree[f"stage{stage}"]
+        node = tree[stage_group(stage)]
         inter, intra = node["embedding_inter"], node["embedding_intra"]
         assert inter.dims == ("method", "image", "block", "xy")
         assert inter.shape == (1, N_IMAGES, N_BLOCKS, 2) and inter.dtype == np.float32
@@ -258,9 +259,9 @@ def test_reduce_run_writes_embeddings(run, embedded):
             params = json.loads(variable.attrs["reduce_params"])
             assert list(params) == ["pca"] and params["pca"]["seed"] == 5
         # Nothing else changed: the group's attrs, the attention, the mean.
-        assert node.attrs == before[f"stage{stage}"].attrs
+        assert node.attrs == before[stage_group(stage)].attrs
         for name in ("attention", "attention_mean"):
-            assert node[name].identical(before[f"stage{stage}"][name])
+            assert node[name].identical(before[stage_group(stage)][name])
 
         # The blocks were built to differ: their points separate in 2-D.
         points = inter.sel({"method": "pca"}).values.reshape(-1, 2)
@@ -280,7 +281,7 @@ def test_reduce_run_writes_embeddings(run, embedded):
                 reduce.embed(mean, "pca", seed=5),
             )
     stored = {
-        (stage, name): tree[f"stage{stage}"][name].values
+        (stage, name): tree[stage_group(stage)][name].values
         for stage in (0, 1)
         for name in ("embedding_inter", "embedding_intra")
     }
@@ -291,7 +292,7 @@ def test_reduce_run_writes_embeddings(run, embedded):
     assert set(embedded) == {"tsne"}
     again = store.open_run(run)
     for stage in (0, 1):
-        node = again[f"stage{stage}"]
+        node = again[stage_group(stage)]
         assert list(node["method"].values) == ["pca", "tsne"]
         for name in ("embedding_inter", "embedding_intra"):
             np.testing.assert_array_equal(node[name].values[:1], stored[stage, name])
@@ -310,7 +311,7 @@ def test_reduce_run_recomputes_on_new_parameters_or_force(run, embedded):
         run, methods=("tsne",), stages=[1], method_params={"tsne": {"perplexity": 2.0}}
     )
     assert set(embedded) == {"tsne"}
-    node = store.open_run(run)["stage1"]
+    node = store.open_run(run)[stage_group(1)]
     assert list(node["method"].values) == ["pca", "tsne"]
     params = json.loads(node["embedding_intra"].attrs["reduce_params"])
     assert params["tsne"]["perplexity"] == 2.0
@@ -318,7 +319,7 @@ def test_reduce_run_recomputes_on_new_parameters_or_force(run, embedded):
     embedded.clear()
     reduce.reduce_run(run, methods=("pca",), stages=[1], force=True, progress=False)
     assert set(embedded) == {"pca"}
-    assert "embedding_inter" not in store.open_run(run)["stage0"]
+    assert "embedding_inter" not in store.open_run(run)[stage_group(0)]
 
 
 def test_reduce_run_refuses_unknown_stage(run):

@@ -13,6 +13,7 @@ import xarray as xr
 import zarr
 
 from mambapanel import store
+from mambapanel.store import stage_group
 
 LAYOUTS = [store.StageLayout(0, 2, (4, 4)), store.StageLayout(1, 1, (3, 3), pool=2)]
 IMAGES = [("a.png", "cat"), ("b.png", "cat"), ("c/d.png", "dog"), ("e.png", ""), ("f.png", "")]
@@ -61,7 +62,7 @@ def test_schema_as_xarray_reads_it(tmp_path):
     assert tree["thumbnail"].dims == ("image", "y", "x", "rgb")
     assert tree["thumbnail"].dtype == np.uint8 and tree["done"].dtype == bool
     assert not tree["done"].values.any()
-    stage1 = tree["stage1"]
+    stage1 = tree[stage_group(1)]
     assert stage1.attrs == {
         "stage": 1,
         "n_blocks": 1,
@@ -88,10 +89,10 @@ def test_one_query_row_of_attention_mean_is_one_chunk(tmp_path):
     store.create_run(
         tmp_path / "run", images=IMAGES, layouts=[large], dtype="float32", shard_size=2, attrs={}
     )
-    mean = zarr.open_array(tmp_path / "run", path="stage0/attention_mean")
+    mean = zarr.open_array(tmp_path / "run", path=f"{stage_group(0)}/attention_mean")
     rows = store.MEAN_CHUNK_BYTES // (4 * 2304)
     assert mean.chunks == (1, rows, 2304)  # a row never straddles chunks: it spans all keys
-    small = zarr.open_array(make_run(tmp_path / "small"), path="stage0/attention_mean")
+    small = zarr.open_array(make_run(tmp_path / "small"), path=f"{stage_group(0)}/attention_mean")
     assert small.chunks == (1, 16, 16)  # a small block is one chunk
 
 
@@ -106,7 +107,7 @@ def test_written_regions_done_flags_and_exact_mean(tmp_path):
     assert tree.attrs["complete"] is True and tree["done"].values.all()
     assert list(tree["thumbnail"].values[:, 0, 0, 0]) == [0, 0, 1, 1, 2]
     for layout in LAYOUTS:
-        group = tree[f"stage{layout.stage}"]
+        group = tree[stage_group(layout.stage)]
         assert "partial_sum" not in group and "shard" not in group.dims
         np.testing.assert_array_equal(
             group["attention"].values, written[layout.stage].astype(np.float16)
@@ -141,9 +142,9 @@ def test_scratch_sums_left_by_a_kill_during_their_removal_go_at_the_next_open_or
     killed = subprocess.run([sys.executable, "-c", KILLED_IN_CLEAN_UP, str(path)], check=False)
     assert killed.returncode == -signal.SIGKILL
     assert zarr.open_group(path, mode="r").attrs["complete"]  # the mean was written first
-    stage0 = path / "stage0" / "partial_sum"
+    stage0 = path / stage_group(0) / "partial_sum"
     assert stage0.is_dir() and not (stage0 / "zarr.json").exists()
-    assert (path / "stage1" / "partial_sum" / "zarr.json").exists()  # not reached
+    assert (path / stage_group(1) / "partial_sum" / "zarr.json").exists()  # not reached
     rerun = shutil.copytree(path, tmp_path / "rerun")
 
     def assert_clean_and_exact(path):
@@ -151,7 +152,7 @@ def test_scratch_sums_left_by_a_kill_during_their_removal_go_at_the_next_open_or
         tree = store.open_run(path)  # no zarr warning (an error here) about the left-overs
         for layout in LAYOUTS:
             exact = written[layout.stage].astype(np.float64).mean(0).astype(np.float32)
-            np.testing.assert_array_equal(tree[f"stage{layout.stage}"]["attention_mean"], exact)
+            np.testing.assert_array_equal(tree[stage_group(layout.stage)]["attention_mean"], exact)
 
     store.open_run(path)  # what a dashboard or `compute reduce` does first
     assert_clean_and_exact(path)
@@ -223,10 +224,10 @@ def test_open_run_errors_name_the_path_and_what_is_wrong(tmp_path):
     with pytest.raises(store.RunError, match=r"format_version 99 .*reads format_version 1"):
         store.open_run(newer)
 
-    shutil.rmtree(path / "stage1" / "attention_mean")
+    shutil.rmtree(path / stage_group(1) / "attention_mean")
     with pytest.raises(store.RunError, match="group 'stage1' has no variable 'attention_mean'"):
         store.open_run(path)
-    shutil.rmtree(path / "stage1")
+    shutil.rmtree(path / stage_group(1))
     with pytest.raises(store.RunError, match="no group 'stage1'"):
         store.open_run(path)
 

@@ -20,7 +20,7 @@ from panel.io.location import Location
 from panel.io.state import set_curdoc
 from PIL import Image
 
-from mambapanel.store import RunError, open_run
+from mambapanel.store import RunError, open_run, stage_group
 from mambapanel.views import Explorer, RunData, dashboard
 from mambapanel.views import scatter as scatter_module
 from mambapanel.views.geometry import PointIndex, patch_at_location, patches_at_location
@@ -82,7 +82,7 @@ def explorer(small_run):
 
 def test_lasso_selects_the_points_inside_and_the_patch_view_shows_them(explorer, small_run):
     scatter, patches = explorer.sides[0].scatter, explorer.sides[0].patches
-    points = open_run(small_run)["stage1"]["embedding_intra"].isel(method=0, block=0).values
+    points = open_run(small_run)[stage_group(1)]["embedding_intra"].isel(method=0, block=0).values
     centre, spread = points.mean(0), points.std(0)
     polygon = centre + spread * np.array([[-1.5, -1], [1, -1.5], [0.5, 1], [-1, 0.5]])
     scatter.lasso.event(geometry=polygon)
@@ -101,7 +101,7 @@ def test_lasso_selects_the_points_inside_and_the_patch_view_shows_them(explorer,
 
 
 def test_box_selects_the_points_in_bounds(explorer, small_run):
-    points = open_run(small_run)["stage1"]["embedding_intra"].isel(method=0, block=0).values
+    points = open_run(small_run)[stage_group(1)]["embedding_intra"].isel(method=0, block=0).values
     left, bottom = np.percentile(points, 30, axis=0)
     right, top = np.percentile(points, 80, axis=0)
     explorer.sides[0].scatter.box.event(bounds=(left, bottom, right, top))
@@ -113,7 +113,7 @@ def test_box_selects_the_points_in_bounds(explorer, small_run):
 
 
 def test_tap_on_a_patch_shows_its_stored_attention_row(explorer, small_run):
-    run = open_run(small_run)["stage1"]
+    run = open_run(small_run)[stage_group(1)]
     side = explorer.sides[0]
     side.patches.tap.event(x=5.2, y=2.9)  # col 5, row 3
     assert explorer.patch == (3, 5)
@@ -158,7 +158,7 @@ def test_switching_stage_and_method_reloads_the_views(explorer, small_run):
     side = explorer.sides[0]
     assert explorer.patch is None  # patches of another grid do not carry over
     assert explorer.block == 0
-    stored = open_run(small_run)["stage2"]["embedding_intra"].isel(method=1, block=0).values
+    stored = open_run(small_run)[stage_group(2)]["embedding_intra"].isel(method=1, block=0).values
     np.testing.assert_array_equal(side.scatter.points.x, stored[:, 0])
     assert side.patches.values().shape == (4, 4)
     explorer.patch = (1, 2)
@@ -412,7 +412,7 @@ def three_runs(small_run, tmp_path):
         group = zarr.open_group(path, mode="r+")
         group.attrs["order"] = name
         for variable in ("embedding_intra", "attention_mean"):
-            array = group[f"stage1/{variable}"]
+            array = group[f"{stage_group(1)}/{variable}"]
             array[...] = array[...] * scale
         runs[name] = (path, scale)
     return runs
@@ -455,7 +455,7 @@ def test_compare_of_three_runs_starts_with_the_first_two_and_picks_any(three_run
 def test_a_run_that_cannot_be_opened_is_named_and_the_shown_run_stays(small_run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(small_run, broken)
-    shutil.rmtree(broken / "stage2" / "attention_mean")
+    shutil.rmtree(broken / stage_group(2) / "attention_mean")
     explorer = Explorer({"good": small_run, "broken": broken}, stage=1, block=0)
     explorer.run = "broken"
     assert explorer.run == "good"

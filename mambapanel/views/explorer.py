@@ -14,6 +14,7 @@ import numpy as np
 import panel as pn
 import param
 
+from mambapanel.address import Address, block_label
 from mambapanel.store import RunError
 from mambapanel.views.data import RunData, RunsLike, load_runs
 from mambapanel.views.geometry import patch_at_location, patches_at_location
@@ -21,10 +22,9 @@ from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
 from mambapanel.views.scatter import ScatterView
 from mambapanel.views.style import SCALES
-from mambapanel.views.url import Address
+from mambapanel.views.url import UrlState
 from mambapanel.views.widgets import image_chooser, linked_menu
 
-ALL_BLOCKS = "all (Mode 1)"
 COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
 STATUS_PATCHES = 40  # selected patches listed by name in the status line
 
@@ -92,8 +92,8 @@ class Explorer(pn.viewable.Viewer):
         super().__init__()
         self.runs: dict[str, RunData] = load_runs(runs)
         self.sides: list[Side] = []
-        self.address = Address()
-        self.address.param.watch(lambda _: self._update_status(), "problems")
+        self.url_state = UrlState()
+        self.url_state.param.watch(lambda _: self._update_status(), "problems")
         self._url_synced = False
         self._linking = False
         # HTML panes, not Markdown: a run's name is not formatting, and Markdown's parser
@@ -270,7 +270,7 @@ class Explorer(pn.viewable.Viewer):
                 selection = self._on_grid_of(run, None, self.selection)[1]
                 if selection != side.scatter.selected_patches():
                     side.scatter.select_patches(selection)
-                where = ALL_BLOCKS if block is None else f"block {block}"
+                where = Address(self.stage, block).caption()
                 grid = run.grid(self.stage)
                 located = (
                     f" · grid {grid[0]}×{grid[1]}: patches at the same image location"
@@ -278,8 +278,7 @@ class Explorer(pn.viewable.Viewer):
                     else ""
                 )
                 side.caption.object = (
-                    f"<p><b>{escape(run.name)}</b> ({escape(run.order)}) · stage {self.stage}"
-                    f" · {where}{located}</p>"
+                    f"<p><b>{escape(run.name)}</b> ({escape(run.order)}) · {where}{located}</p>"
                 )
         finally:
             self._linking = False
@@ -358,7 +357,7 @@ class Explorer(pn.viewable.Viewer):
             linked_menu(
                 self,
                 "block",
-                lambda: {ALL_BLOCKS if b is None else str(b): b for b in self.param.block.objects},
+                lambda: {block_label(b): b for b in self.param.block.objects},
                 ["stage", "run"],
                 label="block",
                 width=120,
@@ -390,13 +389,11 @@ class Explorer(pn.viewable.Viewer):
             selection = (
                 f"{len(self.selection)} patches selected{': ' if listed else ''}{listed}{more}"
             )
-        problems = "".join(f" · URL: {problem}" for problem in self.address.problems)
+        problems = "".join(f" · URL: {problem}" for problem in self.url_state.problems)
         self.status.object = (
             f"<p>{escape(f'Clicked patch: {patch} · Selection: {selection}{problems}')}</p>"
         )
-        name = f"{self.run}-stage{self.stage}" + (
-            "" if self.block is None else f"-block{self.block}"
-        )
+        name = f"{self.run}-{Address(self.stage, self.block).slug()}"
         self._downloads[0].filename = f"mambapanel-{name}.png"
         self._downloads[1].filename = f"selection-{name}.csv"
 
@@ -427,5 +424,5 @@ class Explorer(pn.viewable.Viewer):
         """Keep run, stage, block, method, patch and image in the URL query of ``location``
         (``pn.state.location`` when served), so that a link reproduces the view."""
         self._url_synced = True
-        self.address.attach(self)
-        location.sync(self.address, list(Address.FIELDS))
+        self.url_state.attach(self)
+        location.sync(self.url_state, list(UrlState.FIELDS))

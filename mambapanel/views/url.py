@@ -9,6 +9,8 @@ from typing import Any
 
 import param
 
+from mambapanel.address import block_text, parse_block
+
 
 def format_patch(patch: tuple[int, int] | None) -> str:
     return "" if patch is None else f"{patch[0]},{patch[1]}"
@@ -22,7 +24,7 @@ def parse_patch(text: object) -> tuple[int, int] | None:
     return row, col
 
 
-class Address(param.Parameterized):
+class UrlState(param.Parameterized):
     """The query values of a view. Untyped: they hold what a URL holds until
     :meth:`apply` checks them against the runs, in dependency order (a run's stages, a
     stage's blocks and methods, its grid for the patch)."""
@@ -61,7 +63,7 @@ class Address(param.Parameterized):
             self.param.update(
                 run=explorer.run,
                 stage=explorer.stage,
-                block="all" if explorer.block is None else explorer.block,
+                block=block_text(explorer.block),
                 method=explorer.method,
                 patch=format_patch(explorer.patch),
                 image=explorer.image,
@@ -81,7 +83,7 @@ class Address(param.Parameterized):
             for name, parse in (
                 ("run", str),
                 ("stage", int),
-                ("block", lambda text: None if text == "all" else int(text)),
+                ("block", lambda text: parse_block(str(text))),
                 ("method", str),
                 ("image", int),
                 ("patch", parse_patch),
