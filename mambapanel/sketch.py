@@ -92,26 +92,30 @@ class CountSketch:
         if self.exact:
             return x.float()
         k, g = self.width, self.slots_per_shift
-        slot_rows, signs, roll = _tables(self.features, k, self.seed, x.device)
+        tables = _tables(self.features, k, self.seed, x.device)
         padded_length = self.rows * k
-        sorted_rows = _workspace((g * k, k), x.device)
+        sorted_rows = _workspace((g * k, k), x.device) if tables.dense else None
         sketches = []
         for vector in x:
             vector = vector.float()
             if padded_length != self.features:  # a copy only when F is not a multiple of k
                 vector = torch.nn.functional.pad(vector, (0, padded_length - self.features))
-            torch.index_select(vector.view(self.rows, k), 0, slot_rows, out=sorted_rows)
-            sorted_rows.mul_(signs)  # 0 in slots without a row and past F
-            per_shift = sorted_rows.view(k, g, k).sum(1)  # (shift, column)
-            # sketch[j] = Σ_s per_shift[s, (j - s) mod k]
-            sketches.append(per_shift.gather(1, roll).sum(0))
+            rows = vector.view(self.rows, k)
+            if tables.dense:
+                torch.index_select(rows, 0, tables.slot_rows, out=sorted_rows)
+                sorted_rows.mul_(tables.signs)  # 0 in slots without a row and past F
+                per_shift = sorted_rows.view(k, g, k).sum(1)  # (shift, column)
+                # sketch[j] = Σ_s per_shift[s, (j - s) mod k]
+                sketches.append(per_shift.gather(1, tables.roll).sum(0))
+            else:  # fewer rows than shifts: roll each row into place, R·k work, not k²
+                sketches.append((rows * tables.signs).gather(1, tables.roll).sum(0))
         return torch.stack(sketches)
 
     def buckets(self) -> tuple[np.ndarray, np.ndarray]:
         """(bucket int64(F,), sign f32(F,)) of every feature: the hash as the docstring
         writes it, for :func:`sketch_reference`."""
         k, g = self.width, self.slots_per_shift
-        slot_rows, signs, _ = (t.numpy() for t in _tables(self.features, k, self.seed, "cpu"))
+        slot_rows, signs = (t.numpy() for t in _draw(self.features, k, self.seed))
         feature = np.arange(self.features)
         row, column = np.divmod(feature, k)
         filled = signs.any(1)  # a slot without a row has only signs of 0
@@ -148,17 +152,44 @@ def _workspace(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
     return buffers[shape, device]
 
 
-@functools.lru_cache(maxsize=8)
-def _tables(
-    features: int, width: int, seed: int, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(slot_rows int64(g·k,), signs f32(g·k, k), roll int64(k, k)) of one sketch, drawn on
-    the CPU (the same on every device) and kept per process: a stage's sketch serves all its
-    images and blocks.
+@dataclass(frozen=True)
+class _Tables:
+    """A sketch's hash as the fast form uses it. ``dense`` (at least k rows): slot_rows
+    int64(g·k,) the row in each slot (0, with signs of 0, for a slot without one), signs
+    f32(g·k, k) by slot, roll int64(k, k) = (j - s) mod k. Otherwise (fewer rows than
+    shifts, so one row per shift at most): signs f32(R, k) and roll int64(R, k) =
+    (j - s_r) mod k by row."""
 
-    slot_rows[p] is the row in slot p (0, with all signs 0, for a slot without a row);
-    signs[p, c] the sign of that row's column c (0 past F); roll[s, j] = (j - s) mod k.
-    """
+    dense: bool
+    slot_rows: torch.Tensor | None
+    signs: torch.Tensor
+    roll: torch.Tensor
+
+
+@functools.lru_cache(maxsize=8)
+def _tables(features: int, width: int, seed: int, device: torch.device | str) -> _Tables:
+    """The hash of one sketch (:class:`_Tables`), drawn on the CPU (the same on every device)
+    and kept per process: a stage's sketch serves all its images and blocks."""
+    import torch
+
+    slot_rows, signs = _draw(features, width, seed)
+    k = width
+    rows = math.ceil(features / k)
+    steps = torch.arange(k)
+    if rows >= k:
+        roll = (steps[None, :] - steps[:, None]) % k
+        return _Tables(True, slot_rows.to(device), signs.to(device), roll.to(device))
+    filled = signs.any(1)  # g = 1: slot p is shift p
+    slot_of_row = torch.empty(rows, dtype=torch.int64)
+    slot_of_row[slot_rows[filled]] = torch.nonzero(filled)[:, 0]
+    roll = (steps[None, :] - slot_of_row[:, None]) % k
+    return _Tables(False, None, signs[slot_of_row].to(device), roll.to(device))
+
+
+def _draw(features: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot_rows int64(g·k,), signs f32(g·k, k)): the seeded permutation of slots (slot p
+    holds row slot_rows[p]; 0 with signs of 0 for a slot without a row) and every feature's
+    sign by slot (0 past F)."""
     import torch
 
     k = width
@@ -173,7 +204,4 @@ def _tables(
     signs[empty] = 0.0
     tail = features - (rows - 1) * k  # columns of the last row that are real features
     signs[permutation == rows - 1, tail:] = 0.0
-    slot_rows = permutation.masked_fill(empty, 0)
-    steps = torch.arange(k)
-    roll = (steps[None, :] - steps[:, None]) % k
-    return slot_rows.to(device), signs.to(device), roll.to(device)
+    return permutation.masked_fill(empty, 0), signs

@@ -10,7 +10,8 @@ from mambapanel.sketch import CountSketch, sketch_reference
 
 @pytest.mark.parametrize(
     ("features", "width"),
-    [(4096, 64), (64 * 64 + 7, 64), (56 * 56, 32), (100, 1024)],  # F = k·R, ragged, exact
+    # R >= k rows (F = k·R, ragged), fewer rows than shifts (F = k·R, ragged), kept whole
+    [(4096, 64), (64 * 64 + 7, 64), (56 * 56, 32), (4096, 1024), (5000, 1024), (100, 1024)],
 )
 def test_fast_sketch_equals_the_hashed_form(features, width):
     sketch = CountSketch(features, width, seed=5)
