@@ -15,8 +15,10 @@ from distributed import LocalCluster
 from test_data import write_image
 
 from compute.__main__ import main
-from compute.extract import LOCAL_HTTP, report_disk
+from compute.cluster import LOCAL_HTTP
+from compute.extract import choose_keep, report_disk
 from mambapanel import attention, data, explain, extract, store
+from mambapanel.models.vmamba import SS2D
 
 SIZE = 64  # vmamba-micro grids: 16x16, 8x8, 4x4, 2x2
 IMAGES = ["cat/1.png", "cat/2.png", "cat/3.png", "dog/1.png", "dog/2.png", "dog/3.png"]
@@ -147,9 +149,18 @@ def test_disk_report_before_a_run_offers_pool_for_a_large_stage(tmp_path, capsys
     report_disk(tmp_path / "run", plan, n_images=1000)
     printed = capsys.readouterr().out
     # 1000 images x 2 blocks x 3136² x 2 bytes, and one float64 sum per block and shard.
-    assert "    0   56x56    1      2   36.7 GiB    9.2 GiB" in printed
+    assert "    0   56x56    1      2   36.7 GiB          -    9.2 GiB" in printed
+    assert "keep all: every image's matrices, 39.1 GiB" in printed
     assert "hint: stage 0 needs 36.6 GiB; --pool 0:2 averages 2x2 patches" in printed
     assert "hint: stage 1 needs 2.3 GiB" in printed and "hint: stage 2" not in printed
+    assert choose_keep(plan, 1000) == "sketch" and choose_keep(plan, 100) == "all"
+
+    report_disk(tmp_path / "run", extract.with_keep(plan, "sketch"), n_images=1000)
+    printed = capsys.readouterr().out
+    # The first 64 images' matrices, and 1000 x 2 blocks x 1,024 float32 numbers.
+    assert "    0   56x56    1      2    2.4 GiB    7.8 MiB    9.2 GiB" in printed
+    assert "keep sketch: every image's matrices would take 39.1 GiB" in printed
+    assert "hint" not in printed
 
 
 def test_a_complete_run_is_left_as_it_is_and_other_weights_are_refused(
@@ -186,10 +197,14 @@ def count_done(out):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, scheduler):
+@pytest.mark.parametrize("keep", ["all", "sketch"])
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, scheduler, keep):
     out = tmp_path / "killed"
     # Six one-image shards at 96 px: time to kill between the first image done and the last.
-    options = ["--size", "96", "--batch-size", "1", "--shard-size", "1", "--workers", "2"]
+    # Sketched: 64 numbers per block (stages 0-1 take the sketch's dense path, 2-3 its
+    # path for fewer rows than shifts), the matrices of the first 2 images.
+    kept = ["--keep", keep, *(["--keep-images", "2", "--sketch-dim", "64"] * (keep == "sketch"))]
+    options = [*kept, "--size", "96", "--batch-size", "1", "--shard-size", "1", "--workers", "2"]
     command = [sys.executable, "-m", "compute", *extract_args(out, folder, *options)]
     # Its own session: the kill reaches the client, the nannies and the workers at once.
     process = subprocess.Popen(
@@ -213,11 +228,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, sche
     assert main(extract_args(reference, folder, *reference_options)) == 0
     killed, whole = store.open_run(out), store.open_run(reference)
     for stage in range(4):
-        for name in ("attention", "attention_mean"):
+        names = ("attention", "attention_mean", *(["sketch"] * (keep == "sketch")))
+        for name in names:
             np.testing.assert_array_equal(
                 killed[f"stage{stage}"][name].values, whole[f"stage{stage}"][name].values
             )
         assert "partial_sum" not in killed[f"stage{stage}"]
+        kept_images = np.isfinite(killed[f"stage{stage}"]["attention"].values).all((1, 2, 3))
+        assert list(kept_images) == [True] * 2 + [keep == "all"] * 4
     np.testing.assert_array_equal(killed["thumbnail"].values, whole["thumbnail"].values)
 
     other_order = subprocess.run(
@@ -272,3 +290,58 @@ def test_no_explanations_stores_none(tmp_path, folder, scheduler):
     tree = store.open_run(out)
     assert not tree.attrs["explanations"] and "relevance" not in tree.data_vars
     assert store.read_run(out).tests == ()
+
+
+def test_device_cuda_without_a_gpu_and_triton_on_the_cpu_are_refused_by_name(
+    tmp_path, folder, capsys, monkeypatch
+):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(extract_args(tmp_path / "gpu", folder, "--device", "cuda")) == 2
+    assert "--device cuda: this machine shows no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "gpu").exists()
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert main(extract_args(tmp_path / "triton", folder, "--backend", "triton")) == 2
+    assert "--backend triton runs on a GPU (--device cuda)" in capsys.readouterr().err
+
+
+def test_bfloat16_passes_leave_the_reconstruction_identity_exact():
+    """Under bfloat16 autocast the linears and convs round what the scans read (u is
+    bfloat16), and the scan itself runs in float32 (A is float32): the stored float32
+    attention reproduces each scan's output as in a float32 run, to float32 rounding."""
+    model = extract.build_model("vmamba-micro", None, None, seed=0)
+    with torch.no_grad(), attention.capture(model) as cap:
+        with extract.autocast(torch.device("cpu"), "bfloat16"):
+            model(torch.randn(2, 3, SIZE, SIZE))
+    for stage, block in cap.keys():
+        inputs = cap.inputs(stage, block)
+        assert inputs.u.dtype == torch.bfloat16
+        with extract.autocast(torch.device("cpu"), "bfloat16"):
+            y_model = SS2D.scan(inputs).flatten(2).double()  # as the forward ran it
+        alpha = cap.attention(stage=stage, block=block, reduce=None).double()  # float32
+        u = inputs.u.flatten(2).double()
+        skip = inputs.Ds.double().view(inputs.routes.shape[0], -1).sum(0)[None, :, None]
+        y = torch.einsum("bdij,bdj->bdi", alpha, u) + skip * u
+        assert (y - y_model).abs().max() < 1e-6 * y_model.abs().max()
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_a_run_on_the_triton_backend_stores_what_the_tiled_one_does(tmp_path, folder, scheduler):
+    """The Triton kernel, interpreted on the CPU (tests/conftest.py sets TRITON_INTERPRET=1
+    before the workers start), at the 4x4 and 2x2 grids of 32 px."""
+    runs = {}
+    for backend in ("tiled", "triton"):
+        runs[backend] = tmp_path / backend
+        options = ["--size", "32", "--stages", "2,3", "--n", "2", "--no-explanations",
+                   "--backend", backend, "--scheduler", scheduler]  # fmt: skip
+        assert main(extract_args(runs[backend], folder, *options)) == 0
+    tiled, triton = store.open_run(runs["tiled"]), store.open_run(runs["triton"])
+    assert triton.attrs["backend"] == "triton" and tiled.attrs["backend"] == "tiled"
+    for stage in (2, 3):
+        np.testing.assert_allclose(
+            triton[f"stage{stage}"]["attention"].values,
+            tiled[f"stage{stage}"]["attention"].values,
+            rtol=1e-4,
+            atol=1e-7,
+        )
