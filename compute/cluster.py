@@ -216,7 +216,7 @@ def workers_device(client: Client, device: str) -> str:
     if device == "auto":
         return "cuda" if found and all(found.values()) else "cpu"
     if device == "cuda":
-        missing = sorted(worker for worker, count in found.items() if not count)
+        missing = sorted(_named(client, worker) for worker, count in found.items() if not count)
         if missing:
             raise ClusterError(
                 f"the run computes on cuda, and worker(s) {', '.join(missing)} see no CUDA "
@@ -241,12 +241,18 @@ def check_workers_see(client: Client, paths: dict[str, str]) -> None:
     for worker, missing in sorted(found.items()):
         names = [f"{path} ({what})" for what, path in paths.items() if path in missing]
         if names:
-            lines.append(f"  worker {worker} cannot see {', '.join(names)}")
+            lines.append(f"  worker {_named(client, worker)} cannot see {', '.join(names)}")
     if lines:
         raise ClusterError(
             "the workers need shared storage at the same path as this machine (the README's "
             "Running on a Dask cluster):\n" + "\n".join(lines)
         )
+
+
+def _named(client: Client, worker: str) -> str:
+    """A worker's address, with its name when it was given one (``dask worker --name``)."""
+    name = client.scheduler_info(n_workers=-1)["workers"].get(worker, {}).get("name")
+    return worker if name is None or str(name) == worker else f"{worker} ({name})"
 
 
 def _missing(paths: list[str]) -> list[str]:
@@ -257,7 +263,11 @@ def check_workers_reach(client: Client, where: Location) -> None:
     """Refuse, naming each worker and its error, when a worker cannot read the run at the
     URL ``where`` (a missing package, credentials, the endpoint)."""
     found = client.run(_reach, where)
-    lines = [f"  worker {worker}: {error}" for worker, error in sorted(found.items()) if error]
+    lines = [
+        f"  worker {_named(client, worker)}: {error}"
+        for worker, error in sorted(found.items())
+        if error
+    ]
     if lines:
         raise ClusterError(
             f"the workers cannot reach the run {where}; each needs the fsspec package of its "
