@@ -19,6 +19,9 @@ from mambapanel.errors import MambapanelError, OptionError
 # path. Other fsspec schemes (http, ftp, memory, ...) are refused: a run is written by
 # several processes, which a read-only or per-process filesystem cannot hold.
 SCHEMES = {"file": None, "s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+# Storage options every URL gets unless given otherwise: no cached listings, since other
+# processes (the workers, reduce, findings) add to a run while this one has it open.
+DEFAULT_OPTIONS = {"use_listings_cache": False}
 
 
 class StorageError(MambapanelError, OSError):
@@ -137,7 +140,8 @@ def location(
     """
     if isinstance(where, Location):
         if storage_options and not where.is_local:
-            return Location(where.url, json.dumps(dict(storage_options), sort_keys=True))
+            options = {**DEFAULT_OPTIONS, **storage_options}
+            return Location(where.url, json.dumps(options, sort_keys=True))
         return where
     text = str(where)
     if "://" in text:
@@ -158,7 +162,7 @@ def location(
                 )
             if not rest.strip("/"):
                 raise OptionError(f"{text}: a URL needs a bucket and a key, e.g. {scheme}://b/r")
-            options = json.dumps(dict(storage_options or {}), sort_keys=True)
+            options = json.dumps({**DEFAULT_OPTIONS, **(storage_options or {})}, sort_keys=True)
             return Location(f"{scheme}://{rest.rstrip('/')}", options)
     if storage_options:
         raise OptionError(f"{text}: storage options go with s3:// or gs:// URLs, not a path")
