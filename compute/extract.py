@@ -107,9 +107,10 @@ def extract(
             selection = data.select_images(plan.attrs["image_source"], n)
             report_selection(selection)
             if keep is None:
-                keep = choose_keep(plan, len(selection.images))
-                plan = with_keep(plan, keep, keep_images, sketch_dim)
-            report_disk(where, plan, len(selection.images))
+                plan = with_keep(
+                    plan, choose_keep(plan, len(selection.images)), keep_images, sketch_dim
+                )
+            report_disk(where, plan, len(selection.images), default_keep=keep is None)
             store.create_run(
                 where,
                 images=[(image.image_id, image.label) for image in selection.images],
@@ -229,9 +230,12 @@ def report_selection(selection: data.Selection) -> None:
         )
 
 
-def report_disk(out: str | Path | Location, plan: RunPlan, n_images: int) -> None:
-    """Print the disk a run needs, per stage, what it keeps of the per-image matrices (the
-    default's choice), and a --pool hint for large stages of a run that keeps them all."""
+def report_disk(
+    out: str | Path | Location, plan: RunPlan, n_images: int, *, default_keep: bool = False
+) -> None:
+    """Print the disk a run needs, per stage, what it keeps of the per-image matrices (and
+    whether that is --keep's default, ``default_keep``, or asked for), and a --pool hint for
+    large stages of a run that keeps them all."""
     out = location(out)
     attrs = plan.attrs
     sketched = attrs["keep"] == "sketch"
@@ -265,17 +269,22 @@ def report_disk(out: str | Path | Location, plan: RunPlan, n_images: int) -> Non
         f"are freed at the end" + ("" if free is None else f"; {_size(free)} free")
     )
     matrices = _size(sum(sizes["attention"] for sizes in every.values()))
+    threshold = f"{KEEP_ALL_BELOW_BYTES / 1e9:.0f} GB"
+    if default_keep:
+        why = f"the default: {'at least' if sketched else 'below'} {threshold} of matrices"
+    else:
+        why = "--keep"
     if sketched:
         print(
-            f"keep sketch: every image's matrices would take {matrices}; the run keeps a "
+            f"keep sketch ({why}): every image's matrices would take {matrices}; the run keeps a "
             f"sketch of {attrs['sketch_dim']} numbers per image and block (Algorithm 1 "
             f"reduces those) and the matrices of the first {attrs['keep_images']} images "
             "(the image view)"
         )
     else:
         print(
-            f"keep all: every image's matrices, {matrices} (without --keep, runs whose "
-            f"matrices take {KEEP_ALL_BELOW_BYTES / 1e9:.0f} GB or more keep sketches)"
+            f"keep all ({why}): every image's matrices, {matrices} (without --keep, runs whose "
+            f"matrices take {threshold} or more keep sketches)"
         )
         for layout in plan.layouts:
             full = needed[layout.stage]["attention"]

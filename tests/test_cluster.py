@@ -238,9 +238,7 @@ def test_pca_on_the_workers_equals_the_in_process_one():
 
 
 @pytest.mark.slow
-def test_reduce_and_findings_with_a_scheduler_store_what_they_store_in_process(
-    two_runs, tmp_path
-):
+def test_reduce_and_findings_with_a_scheduler_store_what_they_store_in_process(two_runs, tmp_path):
     """`--scheduler` of a real LocalCluster: the PCAs and each run's findings run as tasks of
     its workers (seen in the scheduler's task stream) and store the in-process numbers."""
     here, there = two_runs

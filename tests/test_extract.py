@@ -14,6 +14,7 @@ import zarr
 from distributed import LocalCluster
 from test_data import write_image
 
+import compute.extract
 from compute.__main__ import main
 from compute.cluster import LOCAL_HTTP
 from compute.extract import choose_keep, report_disk
@@ -150,16 +151,20 @@ def test_disk_report_before_a_run_offers_pool_for_a_large_stage(tmp_path, capsys
     printed = capsys.readouterr().out
     # 1000 images x 2 blocks x 3136² x 2 bytes, and one float64 sum per block and shard.
     assert "    0   56x56    1      2   36.7 GiB          -    9.2 GiB" in printed
-    assert "keep all: every image's matrices, 39.1 GiB" in printed
+    assert "keep all (--keep): every image's matrices, 39.1 GiB" in printed
     assert "hint: stage 0 needs 36.6 GiB; --pool 0:2 averages 2x2 patches" in printed
     assert "hint: stage 1 needs 2.3 GiB" in printed and "hint: stage 2" not in printed
     assert choose_keep(plan, 1000) == "sketch" and choose_keep(plan, 100) == "all"
 
-    report_disk(tmp_path / "run", extract.with_keep(plan, "sketch"), n_images=1000)
+    sketched = extract.with_keep(plan, "sketch")
+    report_disk(tmp_path / "run", sketched, n_images=1000, default_keep=True)
     printed = capsys.readouterr().out
     # The first 64 images' matrices, and 1000 x 2 blocks x 1,024 float32 numbers.
     assert "    0   56x56    1      2    2.4 GiB    7.8 MiB    9.2 GiB" in printed
-    assert "keep sketch: every image's matrices would take 39.1 GiB" in printed
+    assert (
+        "keep sketch (the default: at least 10 GB of matrices): every image's matrices would "
+        "take 39.1 GiB" in printed
+    )
     assert "hint" not in printed
 
 
@@ -283,11 +288,16 @@ def test_a_vim_run_stores_the_explanations_a_direct_capture_gives(tmp_path, fold
     np.testing.assert_allclose(curves[:3, :, :, 0], curves[:3, :1, :1, 0].repeat(4, 1).repeat(2, 2))
 
 
-def test_no_explanations_stores_none(tmp_path, folder, scheduler):
+def test_no_explanations_stores_none_and_keep_defaults_by_the_estimate(
+    tmp_path, folder, scheduler, capsys, monkeypatch
+):
+    monkeypatch.setattr(compute.extract, "KEEP_ALL_BELOW_BYTES", 1)  # any run is "large"
     out = tmp_path / "plain"
     options = ["--no-explanations", "--stages", "3", "--scheduler", scheduler]
     assert main(extract_args(out, folder, *options)) == 0
+    assert "keep sketch (the default: at least 0 GB of matrices)" in capsys.readouterr().out
     tree = store.open_run(out)
+    assert tree.attrs["keep"] == "sketch"
     assert not tree.attrs["explanations"] and "relevance" not in tree.data_vars
     assert store.read_run(out).tests == ()
 
