@@ -40,9 +40,9 @@ class TorchThreads(WorkerPlugin):
     """Torch intra-op threads per worker: parallelism comes from Dask tasks (one per Dask
     thread), so torch keeps to ``threads`` and workers do not oversubscribe the cores.
 
-    Registered under one fixed name, so that another client's registration replaces it
-    rather than stacking; its teardown (the client unregisters it on leaving) gives the
-    worker back the thread count it had before any registration.
+    Registered once per cluster, under one fixed name, by the first client that finds it
+    missing (:func:`connect`); its teardown (that client unregisters it on leaving) gives
+    the worker back the thread count it had before.
     """
 
     name = TORCH_THREADS_PLUGIN
@@ -152,8 +152,13 @@ def connect(
             # Losing the scheduler is reported below in one line; distributed would log its
             # reconnection attempts with a traceback first.
             quiet.setLevel(logging.CRITICAL)
+            # The first client of a cluster registers the plugin and removes it on leaving;
+            # a client that finds it registered (another client's work still running)
+            # leaves it alone, so that the workers keep their pinned threads meanwhile.
+            owner = not client.run_on_scheduler(_has_torch_threads)
             try:
-                client.register_plugin(TorchThreads(), name=TORCH_THREADS_PLUGIN)
+                if owner:
+                    client.register_plugin(TorchThreads(), name=TORCH_THREADS_PLUGIN)
                 yield client
             except MambapanelError:
                 raise
@@ -162,7 +167,7 @@ def connect(
                     raise ClusterError(_lost_message(address, err, command)) from None
                 raise
             finally:
-                if client.status == "running":
+                if owner and client.status == "running":
                     _unregister(client)
     except OSError as err:  # the scheduler could not be reached at all
         if scheduler is None:
@@ -176,13 +181,15 @@ def connect(
         quiet.setLevel(level)
 
 
+def _has_torch_threads(dask_scheduler: Scheduler) -> bool:
+    return TORCH_THREADS_PLUGIN in dask_scheduler.worker_plugins
+
+
 def _unregister(client: Client) -> None:
-    """Remove the torch threads plugin (its teardown restores the workers' thread count);
-    another client of the same scheduler may have removed it already."""
-    try:
+    """Remove the torch threads plugin (its teardown restores the workers' thread count),
+    unless someone removed it already (the scheduler would log that as an error)."""
+    if client.run_on_scheduler(_has_torch_threads):
         client.unregister_worker_plugin(TORCH_THREADS_PLUGIN)
-    except ValueError:  # not registered (any more)
-        pass
 
 
 @contextmanager

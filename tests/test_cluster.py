@@ -61,8 +61,13 @@ def test_torch_threads_are_pinned_under_one_name_and_given_back_when_the_client_
             )
 
         before = plugins()  # distributed's own (shuffle)
-        for _ in range(2):  # a second client's registration replaces the first's
+        for _ in range(2):  # a client after another registers it anew
             with connect(cluster.scheduler_address) as client:
+                assert set(client.run(torch.get_num_threads).values()) == {1}
+                assert plugins() == sorted([*before, TORCH_THREADS_PLUGIN])
+                with connect(cluster.scheduler_address):  # a client beside it: no second one
+                    assert plugins() == sorted([*before, TORCH_THREADS_PLUGIN])
+                # ... and its leaving leaves the first client's workers pinned
                 assert set(client.run(torch.get_num_threads).values()) == {1}
                 assert plugins() == sorted([*before, TORCH_THREADS_PLUGIN])
             assert set(outside.run(torch.get_num_threads).values()) == {3}
