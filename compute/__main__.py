@@ -372,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         + " The README's Dashboard section says how to expose it (a proxy, or --basic-auth "
         "with TLS).",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="runs made by `compute extract`")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="runs made by `compute extract` (paths or URLs)"
+    )
     serving.add_arguments(p)
     p.set_defaults(handler=serve)
 

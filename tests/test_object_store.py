@@ -20,6 +20,7 @@ from test_data import write_image
 from compute.__main__ import main
 from mambapanel import store
 from mambapanel.storage import location
+from mambapanel.views.data import RunData
 
 BUCKET = "runs"
 EXTRACT = ["extract", "--model", "vmamba-micro", "--size", "64", "--stages", "2,3",
@@ -121,6 +122,11 @@ def test_a_run_on_s3_is_written_by_the_workers_reduced_and_reported_there(
     assert list(tree["stage2"]["method"].values) == ["pca"]
     assert "findings" in tree.children and (tmp_path / "report" / "findings.md").exists()
     assert url in (tmp_path / "report" / "findings.md").read_text()
+    served = RunData(location(url, s3))  # what the dashboard reads
+    assert served.name == "run" and served.stages == [2, 3]
+    pca = tree["stage2"]["embedding_inter"].sel({"method": "pca"}).values
+    np.testing.assert_array_equal(served.inter_embedding(2, "pca").x, pca[..., 0].ravel())
+    np.testing.assert_array_equal(served.thumbnail(1), tree["thumbnail"].values[1])
 
 
 @pytest.mark.slow
