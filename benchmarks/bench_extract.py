@@ -1,14 +1,30 @@
-"""Scale benchmark of `compute extract` (a script, not a test): images/s with 1 and 2
-workers, peak resident memory at n and n/2, bytes written, projection to n = 1000.
+"""Scale benchmark of `compute extract` (a script, not a test): images/s, disk per image and
+peak resident memory of runs that keep every matrix (--keep all) and runs that keep sketches
+(--keep sketch), the projection to n = 1000, and the Blosc zstd measurement of the matrices.
 
-    python benchmarks/bench_extract.py                    # tiny-s1l8, 224 px, n = 64
-    python benchmarks/bench_extract.py --n 4 --size 64     # a quick check
+    python benchmarks/bench_extract.py                          # tiny-s1l8, 224 px, n = 8
+    python benchmarks/bench_extract.py --n 2 --size 64          # a quick check
+    python benchmarks/bench_extract.py --device cuda --workers 1
 
 Images: the two packaged demo photographs, augmented (random crop of 50-100 % of the
 shorter side, random horizontal flip, seed 0) into n distinct PNG files, so the run reads,
-decodes and crops real files. Random weights (seed 0). Memory is sampled every 0.2 s as
-the sum of the resident set of this process (client and scheduler) and of every process it
+decodes and crops real files. Random weights (seed 0), all stages, the command's defaults
+(float32 matrices, explanations on) unless told otherwise.
+
+Three runs of n images on one local cluster: keep all and keep sketch (--keep-images 0:
+every image sketched only) without the perturbation test, and keep sketch with it on the
+first two images. The projection to n = 1000 with the command's defaults is then: 1000
+images at the rate of the run without the test, plus the test's own time per image for the
+first --faithfulness-images (64), and the disk of the image-mean matrices, 1000 images and,
+for keep sketch, the matrices of the first --keep-images (64).
+Fixed costs (building the model per task, creating and finalising the run) are counted as
+per-image time, so the projection is an upper bound. Memory is sampled every 0.2 s as the
+sum of the resident set of this process (client and scheduler) and of every process it
 started (nannies and workers).
+
+Blosc: every stored image-block chunk of the keep-all run, compressed on one thread with
+numcodecs Blosc zstd level 1 (bit-shuffle and byte-shuffle), against writing it raw; the
+store keeps a compressor only if it costs less time than it saves (see RESULTS.md).
 """
 
 from __future__ import annotations
@@ -24,12 +40,17 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from distributed import Client, LocalCluster
+import zarr
+from distributed import Client
 from PIL import Image
 
-from compute.extract import LOCAL_HTTP, extract
+from compute.cluster import connect
+from compute.extract import extract
 from mambapanel import data, store
-from mambapanel.extract import BATCH_SIZE, SHARD_SIZE
+from mambapanel.extract import FAITHFULNESS_IMAGES, KEEP_IMAGES, SHARD_SIZE
+from mambapanel.sketch import SKETCH_DIM
+
+PROJECTED = 1000
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> None:
@@ -81,95 +102,170 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def run_once(args, folder: Path, out: Path, n: int, workers: int) -> dict:
-    """One extraction on a fresh LocalCluster; the clock starts once the workers are up."""
-    with (
-        LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=LOCAL_HTTP
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        # Imports (torch, zarr, ...) happen before the clock; building the model is timed.
-        client.run(importlib.import_module, "mambapanel.extract")
-        with PeakMemory() as memory:
-            started = time.perf_counter()
-            extract(
-                out,
-                model=args.model,
-                image_source=str(folder),
-                n=n,
-                image_size=args.size,
-                dtype=args.dtype,
-                batch_size=args.batch_size,
-                shard_size=args.shard_size or max(1, n // 4),
-                scheduler=cluster.scheduler_address,
-                progress=False,
-            )
-            seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak": memory.peak, "bytes": directory_bytes(out)}
+def image_bytes(run: Path) -> int:
+    """Bytes of ``run`` that grow with its images: all but the image-mean matrices (81 MB
+    for tiny-s1l8 at 224 px, whatever the number of images)."""
+    fixed = sum(directory_bytes(folder) for folder in run.glob("stage*/attention_mean"))
+    return directory_bytes(run) - fixed
+
+
+def run_once(args, client: Client, folder: Path, out: Path, **options) -> dict:
+    """One extraction of ``args.n`` images on the cluster of ``client``."""
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        extract(
+            out,
+            model=args.model,
+            image_source=str(folder),
+            image_size=args.size,
+            dtype=args.dtype,
+            shard_size=args.shard_size,
+            device=args.device,
+            scheduler=client.scheduler.address,
+            progress=False,
+            **options,
+        )
+        seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "peak": memory.peak,
+        "bytes": directory_bytes(out),
+        "image_bytes": image_bytes(out),
+    }
+
+
+def blosc_measurement(run: Path, shuffles: dict[str, int]) -> dict[str, dict[str, float]]:
+    """CPU seconds to compress, and bytes after compression, of every stored image-block
+    matrix of ``run`` with Blosc zstd level 1 on one thread (as on a one-thread worker);
+    ``raw`` holds the seconds to write each one uncompressed beside the run, and its size."""
+    import numcodecs
+
+    numcodecs.blosc.set_nthreads(1)
+    codecs = {
+        name: numcodecs.Blosc(cname="zstd", clevel=1, shuffle=shuffle)
+        for name, shuffle in shuffles.items()
+    }
+    found = {name: {"seconds": 0.0, "bytes": 0} for name in ["raw", *codecs]}
+    scratch = run.parent / "blosc-scratch.bin"
+    root = zarr.open_group(str(run), mode="r")
+    for stage in store.read_run(run).attrs["stages"]:
+        matrices = root[f"{store.stage_group(stage)}/attention"]
+        for image in range(matrices.shape[0]):
+            for block in range(matrices.shape[1]):
+                chunk = np.ascontiguousarray(matrices[image, block])
+                started = time.perf_counter()
+                with open(scratch, "wb") as file:  # the page cache, as the store writes
+                    file.write(chunk.tobytes())
+                found["raw"]["seconds"] += time.perf_counter() - started
+                found["raw"]["bytes"] += chunk.nbytes
+                for name, codec in codecs.items():
+                    started = time.process_time()
+                    encoded = codec.encode(chunk)
+                    found[name]["seconds"] += time.process_time() - started
+                    found[name]["bytes"] += len(encoded)
+    scratch.unlink(missing_ok=True)
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vmamba-tiny-s1l8")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--n", type=int, default=64, help="images (memory also at n/2)")
-    parser.add_argument("--dtype", default="float16", choices=store.DTYPES)
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--n", type=int, default=8, help="images per run (default 8)")
+    parser.add_argument("--dtype", default="float32", choices=store.DTYPES)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--workers", type=int, default=None, help="local workers (default: 2; one per GPU)"
+    )
     parser.add_argument(
         "--shard-size", type=int, default=None, help="default n / 4: every worker gets work"
     )
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     args = parser.parse_args()
+    args.shard_size = args.shard_size or max(1, args.n // 4)
 
-    with tempfile.TemporaryDirectory(dir=args.dir) as work:
+    with (
+        tempfile.TemporaryDirectory(dir=args.dir) as work,
+        connect(None, args.workers, device=args.device) as client,
+    ):
         work = Path(work)
         write_images(work / "images", args.n)
+        # Imports (torch, zarr, ...) happen before the clock; building the model is timed.
+        client.run(importlib.import_module, "mambapanel.extract")
+        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        load = os.getloadavg()[0]
         print(
-            f"{args.model} at {args.size} px, random weights, all stages, {args.dtype}, "
-            f"batch {args.batch_size}, shard {args.shard_size or 'n/4'}; "
-            f"{platform.processor() or platform.machine()} "
-            f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+            f"{args.model} at {args.size} px, random weights, all stages, {args.dtype} "
+            f"matrices, n = {args.n}, shard {args.shard_size}, {workers} workers on "
+            f"{args.device}; {platform.processor() or platform.machine()} {os.cpu_count()} "
+            f"cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, load {load:.1f}"
         )
+        plain = {"faithfulness_images": 0}
+        tested = min(args.n, 2)
+        runs = {
+            "keep all": dict(keep="all", **plain),
+            "keep sketch": dict(keep="sketch", keep_images=0, **plain),
+            "keep sketch, test": dict(keep="sketch", keep_images=0, faithfulness_images=tested),
+        }
         results = {}
-        for workers, n in ((1, args.n), (2, args.n), (2, args.n // 2)):
-            result = run_once(args, work / "images", work / f"run-w{workers}-n{n}", n, workers)
-            results[workers, n] = result
+        for name, options in runs.items():
+            out = work / name.replace(" ", "-").replace(",", "")
+            results[name] = result = run_once(args, client, work / "images", out, **options)
             print(
-                f"workers {workers}  n {n:>4}  {result['seconds']:8.1f} s  "
-                f"{n / result['seconds']:7.3f} images/s  peak RSS {result['peak'] / 2**30:6.2f} "
-                f"GiB  written {result['bytes'] / 2**20:9.1f} MiB",
+                f"{name + ':':<19} {result['seconds']:7.1f} s  "
+                f"{args.n / result['seconds']:6.3f} images/s  disk "
+                f"{result['image_bytes'] / args.n / 2**20:8.2f} MiB/image  peak RSS "
+                f"{result['peak'] / 2**30:5.2f} GiB",
                 flush=True,
             )
 
-        one, two = results[1, args.n], results[2, args.n]
-        half = results[2, args.n // 2]
-        print(f"speed-up 2 workers / 1 worker: {one['seconds'] / two['seconds']:.2f}x")
-        print(
-            f"peak RSS, 2 workers: n = {args.n // 2}: {half['peak'] / 2**30:.2f} GiB, "
-            f"n = {args.n}: {two['peak'] / 2**30:.2f} GiB"
+        per_image = {name: result["seconds"] / args.n for name, result in results.items()}
+        seconds = {name: result["seconds"] for name, result in results.items()}
+        test = max(0.0, seconds["keep sketch, test"] - seconds["keep sketch"]) / tested
+        full = results["keep all"]["image_bytes"] / args.n
+        sketch = results["keep sketch"]["image_bytes"] / args.n
+        fixed = results["keep all"]["bytes"] - results["keep all"]["image_bytes"]
+        layouts = store.read_run(work / "keep-all").layouts
+        scratch = sum(
+            sizes["partial_sum"]
+            for sizes in store.bytes_needed(layouts, PROJECTED, args.dtype, SHARD_SIZE).values()
         )
-        run = work / f"run-w2-n{args.n}"
-        layouts = store.read_run(run).layouts
-        stage0 = layouts[0].n_blocks * layouts[0].patches ** 2 * 4 * args.n
         print(
-            f"stage 0 matrices of all {args.n} images in float32 would take "
-            f"{stage0 / 2**30:.2f} GiB in memory; they stream to disk instead"
+            f"perturbation test: {test:.1f} s per image beyond the extraction "
+            f"(run on the first {FAITHFULNESS_IMAGES} images by default)"
         )
-        # Bytes that grow with n (per-image matrices, thumbnails) and those that do not
-        # (attention_mean, coordinates), from the runs at n and n/2.
-        per_image = (two["bytes"] - half["bytes"]) / (args.n - args.n // 2)
-        fixed = two["bytes"] - args.n * per_image
-        needed = store.bytes_needed(layouts, 1000, args.dtype, SHARD_SIZE)
-        scratch = sum(sizes["partial_sum"] for sizes in needed.values())
-        uncompressed = sum(sum(sizes.values()) for sizes in needed.values()) - scratch
-        hours = 1000 * two["seconds"] / args.n / 3600
+        for name, disk in (
+            ("keep all", fixed + PROJECTED * full),
+            ("keep sketch", fixed + PROJECTED * sketch + KEEP_IMAGES * (full - sketch)),
+        ):
+            minutes = (PROJECTED * per_image[name] + FAITHFULNESS_IMAGES * test) / 60
+            print(
+                f"projected n = {PROJECTED}, {name} (defaults: --keep-images {KEEP_IMAGES}, "
+                f"--sketch-dim {SKETCH_DIM}, --faithfulness-images {FAITHFULNESS_IMAGES}): "
+                f"{minutes:.0f} min, disk {disk / 1e9:.2f} GB, plus up to {scratch / 1e9:.1f} "
+                f"GB of scratch sums while running (--shard-size {SHARD_SIZE})"
+            )
+
+        from numcodecs.blosc import BITSHUFFLE, SHUFFLE
+
+        shuffles = {"bit-shuffle": BITSHUFFLE, "byte-shuffle": SHUFFLE}
+        found = blosc_measurement(work / "keep-all", shuffles)
+        raw = found.pop("raw")
         print(
-            f"projected for n = 1000 with 2 workers: {hours:.2f} h; disk "
-            f"{(fixed + 1000 * per_image) / 2**30:.1f} GiB as compressed here "
-            f"({uncompressed / 2**30:.1f} GiB uncompressed), plus up to {scratch / 2**30:.1f} "
-            f"GiB of scratch sums while running (--shard-size {SHARD_SIZE})"
+            f"Blosc zstd level 1 of the {raw['bytes'] / 2**20:.0f} MiB of matrices of the keep "
+            f"all run (one thread; raw write to the page cache: {raw['seconds']:.2f} s):"
         )
+        for name, codec in found.items():
+            saved = raw["bytes"] - codec["bytes"]
+            # Below this write speed, the time a compressor saves writing exceeds its own.
+            break_even = saved / codec["seconds"] / 2**20 if codec["seconds"] else float("inf")
+            print(
+                f"  {name}: ratio {raw['bytes'] / codec['bytes']:.2f}, "
+                f"{codec['seconds'] / args.n:.2f} s of CPU per image "
+                f"({codec['seconds'] / (per_image['keep all'] * workers * args.n):.1%} of a "
+                "worker's time per image), "
+                f"pays off below {break_even:.0f} MiB/s of storage write speed"
+            )
 
 
 if __name__ == "__main__":

@@ -4,14 +4,25 @@ installed as the console script `mambapanel`."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from compute import serve as serving
-from compute.arguments import POSITIVE, integer, positive_float
+from compute.arguments import POSITIVE, add_cluster_options, integer, positive_float
 from mambapanel import data, models, orders, store
 from mambapanel.errors import MambapanelError
-from mambapanel.extract import BATCH_SIZE, CHANNELS, FAITHFULNESS_IMAGES, SHARD_SIZE
+from mambapanel.extract import (
+    BACKENDS,
+    BATCH_SIZE,
+    CHANNELS,
+    DEVICES,
+    FAITHFULNESS_IMAGES,
+    KEEP_IMAGES,
+    PRECISIONS,
+    SHARD_SIZE,
+)
+from mambapanel.sketch import SKETCH_DIM
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -52,6 +63,12 @@ def extract(args: argparse.Namespace) -> int:
         n=args.n,
         scheduler=args.scheduler,
         workers=args.workers,
+        storage_options=args.storage_options,
+        keep=args.keep,
+        keep_images=args.keep_images,
+        sketch_dim=args.sketch_dim,
+        device=args.device,
+        command=args.command_line,
         model=args.model,
         checkpoint=args.checkpoint,
         order=args.order,
@@ -66,15 +83,25 @@ def extract(args: argparse.Namespace) -> int:
         seed=args.seed,
         explanations=args.explanations,
         faithfulness_images=args.faithfulness_images,
+        precision=args.precision,
+        backend=args.backend,
     )
     return 0
 
 
 def reduce(args: argparse.Namespace) -> int:
     """Add PCA / t-SNE / UMAP embeddings of a run's attention to the run."""
+    from compute.cluster import connect
     from mambapanel.reduce import reduce_run
+    from mambapanel.storage import location
 
-    reduce_run(args.run, methods=tuple(args.methods), seed=args.seed)
+    run = location(args.run, args.storage_options)
+    if args.scheduler is None and args.workers is None:
+        reduce_run(run, methods=tuple(args.methods), seed=args.seed)
+        return 0
+    # PCA on the workers (dask arrays over the store), t-SNE and UMAP here after PCA-100.
+    with connect(args.scheduler, args.workers, command=args.command_line):
+        reduce_run(run, methods=tuple(args.methods), seed=args.seed, on_workers=True)
     return 0
 
 
@@ -159,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         "are refused.",
     )
     add_model_options(p)
-    p.add_argument("--out", required=True, help="the run: a zarr store (directory)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the run: a zarr store, a directory or an s3:// or gs:// URL (see --storage-options)",
+    )
     p.add_argument(
         "--images",
         default="demo",
@@ -218,13 +249,49 @@ def main(argv: list[str] | None = None) -> int:
         help="run the perturbation test of the maps on the first this many images, 20 forward "
         f"passes per image and map (default {FAITHFULNESS_IMAGES}; 0: none)",
     )
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: local)")
     p.add_argument(
-        "--workers",
-        type=POSITIVE,
-        default=2,
-        help="LocalCluster worker processes, one thread each (default 2; not with --scheduler)",
+        "--keep",
+        default=None,
+        choices=("all", "sketch"),
+        help="what a run keeps of the per-image matrices: all, or a sketch of each (what "
+        "Algorithm 1 reduces) and the matrices of the first --keep-images images (default: "
+        "all when they are estimated below 10 GB, else sketch; printed with the disk estimate)",
     )
+    p.add_argument(
+        "--keep-images",
+        type=integer(0),
+        default=KEEP_IMAGES,
+        help=f"with --keep sketch: images whose matrices are kept, for the image view "
+        f"(default {KEEP_IMAGES})",
+    )
+    p.add_argument(
+        "--sketch-dim",
+        type=POSITIVE,
+        default=SKETCH_DIM,
+        help=f"with --keep sketch: numbers per image and block (default {SKETCH_DIM}; the "
+        "relative error of a squared distance has a standard deviation <= sqrt(2/k))",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", *DEVICES),
+        help="where the workers compute: one GPU per worker (cuda), or cpu (default auto: "
+        "cuda when every worker sees a GPU; a resumed run's own device)",
+    )
+    p.add_argument(
+        "--backend",
+        default="tiled",
+        choices=BACKENDS,
+        help="of the attention (default tiled; triton: a GPU kernel)",
+    )
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="of the model's forward and backward passes (default float32; bfloat16 for GPUs: "
+        "the attention is still computed in float32 from what the scans read)",
+    )
+    add_cluster_options(p, "extract")
     p.set_defaults(handler=extract)
 
     p = commands.add_parser(
@@ -232,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PCA / t-SNE / UMAP embeddings of a run",
         description=reduce.__doc__,
     )
-    p.add_argument("run", help="a run made by `compute extract`")
+    p.add_argument("run", help="a run made by `compute extract` (a path or a URL)")
     p.add_argument(
         "--methods",
         type=parse_names,
@@ -245,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="random seed, recorded (default 0)",
     )
+    add_cluster_options(p, "reduce")
     p.set_defaults(handler=reduce)
 
     p = commands.add_parser(
@@ -304,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         + " The README's Dashboard section says how to expose it (a proxy, or --basic-auth "
         "with TLS).",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="runs made by `compute extract`")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="runs made by `compute extract` (paths or URLs)"
+    )
     serving.add_arguments(p)
     p.set_defaults(handler=serve)
 
@@ -340,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-serve", action="store_true", help="build the runs, do not serve")
     serving.add_arguments(p)
     p.set_defaults(handler=demo)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.command_line = f"{prog} {shlex.join(argv)}"  # what resumes the work, if it stops
     try:
         return args.handler(args)
     except MambapanelError as err:  # what the user can act on; anything else is a bug

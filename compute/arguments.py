@@ -1,10 +1,14 @@
 """Argument types of the command line that check values, not only syntax: argparse reports
-a refused value as ``error: argument --NAME: ...`` and exits with status 2."""
+a refused value as ``error: argument --NAME: ...`` and exits with status 2; and the options
+every command that runs on a Dask cluster shares."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+
+from mambapanel.errors import MambapanelError
+from mambapanel.storage import parse_storage_options
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -36,3 +40,35 @@ def positive_float(text: str) -> float:
 
 POSITIVE = integer(1)
 PORT = integer(1, 65535)  # 0 would be a random port, which no allowed host name could name
+
+
+def storage_options(text: str) -> dict:
+    """An argparse type: ``--storage-options``, a JSON object."""
+    try:
+        return parse_storage_options(text)
+    except MambapanelError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_cluster_options(p: argparse.ArgumentParser, command: str) -> None:
+    """--scheduler, --workers and --storage-options of a command that runs on a cluster."""
+    local = (
+        "a local cluster of this many processes (default: 2, one per GPU with --device cuda)"
+        if command == "extract"
+        else "a local cluster of this many processes (default: none, all in this process)"
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a Dask scheduler whose workers do the work (tcp://HOST:8786); they "
+        "need the package, the images and the run at the same path, or the run at a URL "
+        "(README: Running on a Dask cluster)",
+    )
+    p.add_argument("--workers", type=POSITIVE, default=None, help=f"{local}; not with --scheduler")
+    p.add_argument(
+        "--storage-options",
+        type=storage_options,
+        default=None,
+        help='for runs at s3:// or gs:// URLs: fsspec options as JSON, e.g. \'{"endpoint_url": '
+        '"http://host:9000"}\' (also FSSPEC_S3_* variables, on every machine)',
+    )

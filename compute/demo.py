@@ -85,7 +85,8 @@ def build(
 
     Returns the runs' paths, in the order of ``names``.
     """
-    from compute.extract import connect, extract
+    from compute.cluster import connect
+    from compute.extract import extract
     from mambapanel.findings.report import report
 
     runs_dir = Path(runs_dir).resolve()

@@ -19,6 +19,7 @@ from compute.arguments import PORT
 from mambapanel import store
 from mambapanel.errors import MambapanelError
 from mambapanel.hosts import ALLOWED_HOSTS_VARIABLE, LOOPBACK_HOSTS
+from mambapanel.storage import location
 
 APPS = ("explorer", "compare")  # dashboards/<app>.py, served at /<app>
 # The apps' folder: the checkout's, or the installed package's (they ship with it).
@@ -109,7 +110,7 @@ class ServeOptions:
 
 
 def serve_command(runs: Sequence[str | Path], options: ServeOptions) -> list[str]:
-    """``panel serve`` of the apps with ``runs`` loaded (absolute paths)."""
+    """``panel serve`` of the apps with ``runs`` loaded (absolute paths, or URLs)."""
     command = [
         sys.executable, "-m", "panel", "serve",
         *(str(DASHBOARDS / f"{app}.py") for app in APPS),
@@ -124,7 +125,7 @@ def serve_command(runs: Sequence[str | Path], options: ServeOptions) -> list[str
             command += [flag, value]
     if options.use_xheaders:
         command.append("--use-xheaders")
-    return [*command, "--args", *(str(Path(run).resolve()) for run in runs)]
+    return [*command, "--args", *(str(location(run)) for run in runs)]
 
 
 def serve_environment(options: ServeOptions) -> dict[str, str]:

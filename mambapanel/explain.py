@@ -76,17 +76,35 @@ def downsampling(coarse: tuple[int, int], fine: tuple[int, int]) -> Tensor:
     return matrix / matrix.sum(-1, keepdim=True)
 
 
+# Rows of a matrix that propagate converts to float64 at a time (about 4 MiB).
+_PROPAGATE_ELEMENTS = 2**19
+
+
 def propagate(relevance: Tensor, blocks: Iterable[Tensor]) -> Tensor:
     """relevance · Â_last ⋯ Â_first, one vector-matrix product per block (never the L x L
     rollout itself): ``relevance`` r(B, L) over the last block's outputs, ``blocks`` their
-    non-negative r(B, L, L) matrices, **last block first** (they may be made one at a time)."""
+    non-negative r(B, L, L) matrices, **last block first** (they may be made one at a time).
+
+    In ``relevance``'s dtype, without an L x L temporary: with s = rowsum(A) + 1 and
+    w = relevance / s, relevance · rownorm(A + I) = w · A + w, and w · A is summed over
+    blocks of rows, each converted on its own.
+    """
     for matrix in blocks:
-        relevance = (relevance[:, None, :] @ normalised(matrix.to(relevance.dtype)))[:, 0]
+        rows = max(1, _PROPAGATE_ELEMENTS // matrix.shape[-1])
+        weights = relevance / (matrix.sum(-1, dtype=relevance.dtype) + 1)
+        product = torch.zeros_like(relevance)
+        for start in range(0, matrix.shape[-2], rows):
+            part = matrix[:, start : start + rows].to(relevance.dtype)
+            product += (weights[:, None, start : start + rows] @ part)[:, 0]
+        relevance = product + weights
     return relevance
 
 
 def stage_rollout(
-    stages: Sequence[Iterable[Tensor]], grids: Sequence[tuple[int, int]], batch: int
+    stages: Sequence[Iterable[Tensor]],
+    grids: Sequence[tuple[int, int]],
+    batch: int,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """VMamba's map: r(B, L0) over the first stage's patches, the mean row of
     R_S · M_S ⋯ M_1 · R_0 (R_s the rollout of stage s's blocks, M_s stage s's coarse patches
@@ -98,23 +116,36 @@ def stage_rollout(
         block first**
     grids : per stage, its grid (H, W)
     batch : B
+    device : where the matrices are
     """
     last = grids[-1][0] * grids[-1][1]
     # The classifier averages the last stage's patches.
-    relevance = torch.full((batch, last), 1 / last, dtype=torch.float64)
+    relevance = torch.full((batch, last), 1 / last, dtype=torch.float64, device=device)
     for index in range(len(stages) - 1, -1, -1):
         relevance = propagate(relevance, stages[index])
         if index:
-            relevance = relevance @ downsampling(grids[index], grids[index - 1])
+            spread = downsampling(grids[index], grids[index - 1]).to(device)
+            relevance = relevance @ spread
     return relevance
 
 
-def relevance_maps(cap: Capture, *, channels: str = "mean", **options) -> dict[str, Tensor]:
+def relevance_maps(
+    cap: Capture,
+    *,
+    channels: str = "mean",
+    attention: Callable[[int, int], Tensor] | None = None,
+    **options,
+) -> dict[str, Tensor]:
     """Per image, where the model's decision comes from, over the first stage's patches
     (Vim: its patches), from one captured forward pass of every block: ``rollout`` of |α|
     and, when the capture holds gradients of the predicted classes' logits,
     ``attribution`` (rollout of (∂y_c/∂α ⊙ α)⁺ over channels). Each r(B, P), float64,
-    summing to 1 per image. ``options``: backend, dtype, tile of the attention.
+    summing to 1 per image, on the capture's device. ``options``: backend, dtype, tile of the
+    attention.
+
+    ``attention(stage, block)``, if given, supplies each block's item attention (as
+    ``cap.item_attention(stage, block, reduce=channels, **options)`` would), once per block:
+    extraction passes the matrices it computes for the store anyway.
     """
     addresses = cap.keys()
     missing = sorted(set(cap.layers) - set(addresses))
@@ -122,24 +153,29 @@ def relevance_maps(cap: Capture, *, channels: str = "mean", **options) -> dict[s
         raise ValueError(f"relevance maps need every block captured; missing {missing[:4]}")
     stages = sorted({stage for stage, _ in addresses})
     blocks = {stage: sorted(b for s, b in addresses if s == stage) for stage in stages}
-    kinds = {"rollout": lambda s, b: cap.item_attention(s, b, reduce=channels, **options).abs()}
+    if attention is None:
+
+        def attention(stage: int, block: int) -> Tensor:
+            return cap.item_attention(stage, block, reduce=channels, **options)
+
+    kinds = {"rollout": lambda s, b: attention(s, b).abs()}
     if all(address in cap.gradients for address in addresses):
         kinds["attribution"] = lambda s, b: cap.attribution(s, b, **options).clamp(min=0)
     first = cap.inputs(0, 0)
-    batch = first.delta.shape[0]
+    batch, device = first.delta.shape[0], first.delta.device
     maps = {}
     for name, matrix in kinds.items():
         per_stage = [_last_first(matrix, s, blocks[s]) for s in stages]
         if isinstance(first, VimScanInputs):  # the classifier reads the CLS token
             tokens = first.routes.shape[1]
-            start = torch.zeros(batch, tokens, dtype=torch.float64)
+            start = torch.zeros(batch, tokens, dtype=torch.float64, device=device)
             start[:, first.cls_token] = 1.0
             relevance = propagate(start, per_stage[0])[:, : first.cls_token]
             # No attention at all leaves everything on the CLS token: then zeros, not NaN.
             maps[name] = relevance / relevance.sum(-1, keepdim=True).clamp_min(1e-300)
         else:
             grids = [cap.inputs(s, 0).grid for s in stages]
-            maps[name] = stage_rollout(per_stage, grids, batch)
+            maps[name] = stage_rollout(per_stage, grids, batch, device)
     return maps
 
 
@@ -182,7 +218,7 @@ def perturbation_curves(
         masked = []
         for fraction in fractions:
             removed = order[: round(fraction * gh * gw)]
-            keep = torch.ones(gh * gw, dtype=image.dtype)
+            keep = torch.ones(gh * gw, dtype=image.dtype, device=image.device)
             keep[removed] = 0.0
             masks = cell_mask(keep.view(gh, gw), image.shape[-2:])
             masked.append(image * masks + fill * (1 - masks))
@@ -197,6 +233,6 @@ def cell_mask(cells: Tensor, size: tuple[int, int]) -> Tensor:
     r*H//gh .. (r+1)*H//gh and the columns alike (cells tile the image exactly)."""
     H, W = size
     gh, gw = cells.shape
-    rows = torch.arange(H) * gh // H
-    cols = torch.arange(W) * gw // W
+    rows = torch.arange(H, device=cells.device) * gh // H
+    cols = torch.arange(W, device=cells.device) * gw // W
     return cells[rows][:, cols]

@@ -1,13 +1,18 @@
 """Extraction without Dask: plan a run (model, grids, store layout) and compute one shard of
-its images into the store. ``compute/extract.py`` decides where these functions run.
+its images into the store, on the CPU or a CUDA device. ``compute/extract.py`` decides where
+these functions run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +21,20 @@ import torch
 import torch.nn.functional as F
 
 from mambapanel import attention, data, explain, models, store
+from mambapanel.attention.vim import split_cls
 from mambapanel.errors import OptionError
+from mambapanel.overlap import HostCopy, Writer, to_host
+from mambapanel.sketch import SKETCH_DIM, SKETCH_SEED
+from mambapanel.storage import Location, location
 
 CHANNELS = ("mean", "absmean")  # how the D channels' matrices become one (run attr)
 BATCH_SIZE = 8  # images per forward pass
 FAITHFULNESS_IMAGES = 64  # images the perturbation test runs on, by default
 SHARD_SIZE = 16  # images per task: the unit of resume, one float64 sum per block on disk
+KEEP_IMAGES = 64  # images whose full matrices a sketched run keeps (the image view)
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("float32", "bfloat16")  # of the model's forward and backward passes
+BACKENDS = ("tiled", "triton")  # of the stored attention (attribution: always tiled)
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,15 @@ class RunPlan:
     attrs: dict[str, Any]
     layouts: list[store.StageLayout]
     tests: tuple[str, ...] = ()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when this process sees a CUDA device, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in DEVICES:
+        raise OptionError(f"device must be auto or one of {DEVICES}, got {device!r}")
+    return device
 
 
 def plan_run(
@@ -50,6 +72,12 @@ def plan_run(
     seed: int = 0,
     explanations: bool = True,
     faithfulness_images: int = FAITHFULNESS_IMAGES,
+    keep: str = "all",
+    keep_images: int = KEEP_IMAGES,
+    sketch_dim: int = SKETCH_DIM,
+    device: str = "cpu",
+    precision: str = "float32",
+    backend: str = "tiled",
 ) -> RunPlan:
     """Build the model once to resolve its order and checkpoint hash and to measure the
     token grid of every stage at ``image_size``; check the options against it.
@@ -65,6 +93,15 @@ def plan_run(
         each block's CLS row and column; costs one backward pass per batch.
     faithfulness_images : run the perturbation test on the first this many images (0: none);
         costs 20 forward passes per image and map.
+    keep : "all" stores every image's matrices; "sketch" stores every image's count sketch
+        (``sketch_dim`` numbers per block, :mod:`mambapanel.sketch`) and the matrices of
+        the first ``keep_images`` images only.
+    device : "cpu", "cuda" (the workers' first visible GPU) or "auto" (cuda when this
+        process sees one).
+    precision : "float32", or "bfloat16": the model's forward and backward passes under
+        autocast (the attention is computed in float32 from what the scans read).
+    backend : "tiled" or "triton" (a GPU kernel; the CPU runs it only under
+        ``TRITON_INTERPRET=1``) for the stored attention; gradient x attention is tiled.
     """
     if channels not in CHANNELS:
         raise OptionError(f"channels must be one of {CHANNELS}, got {channels!r}")
@@ -74,9 +111,24 @@ def plan_run(
         raise OptionError(f"faithfulness_images must be 0 or more, got {faithfulness_images}")
     if shard_size < 1 or batch_size < 1:
         raise OptionError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
+    device = resolve_device(device)
+    if precision not in PRECISIONS:
+        raise OptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if backend not in BACKENDS:
+        raise OptionError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise OptionError(
+            "--backend triton runs on a GPU (--device cuda); a CPU runs it only with "
+            "TRITON_INTERPRET=1 set (slow: meant for tests)"
+        )
     checkpoint = None if checkpoint is None else str(Path(checkpoint).resolve())
     network = build_model(model, checkpoint, order, None if checkpoint else seed)
-    grids = stage_grids(network, image_size)
+    grids, states = stage_grids(network, image_size)
+    if backend == "triton" and channels == "absmean" and states > 1:
+        raise OptionError(
+            f"--backend triton reduces absmean only with one state per channel; {model} has "
+            f"{states}: use --backend tiled or --channels mean"
+        )
     stages = sorted(set(range(len(network.depths)) if stages is None else stages))
     pool = {stage: pool for stage in stages} if isinstance(pool, int) else dict(pool or {})
     unknown = sorted(set(stages).union(pool) - set(grids))
@@ -112,13 +164,36 @@ def plan_run(
         "batch_size": batch_size,
         "explanations": explanations,
         "faithfulness_images": faithfulness_images if explanations else 0,
+        "device": device,
+        "precision": precision,
+        "backend": backend,
     }
     tests: tuple[str, ...] = ()
     if explanations:
         attrs["relevance_grid_height"], attrs["relevance_grid_width"] = grids[0]
         cls = (store.CLS_TEST,) if isinstance(network, models.Vim) else ()
         tests = (*store.EXPLANATIONS, *cls, store.RANDOM_TEST)
-    return RunPlan(attrs, layouts, tests)
+    return with_keep(RunPlan(attrs, layouts, tests), keep, keep_images, sketch_dim)
+
+
+def with_keep(
+    plan: RunPlan, keep: str, keep_images: int = KEEP_IMAGES, sketch_dim: int = SKETCH_DIM
+) -> RunPlan:
+    """``plan`` keeping ``keep`` of the per-image matrices (see :func:`plan_run`)."""
+    if keep not in store.KEEPS:
+        raise OptionError(f"keep must be one of {store.KEEPS}, got {keep!r}")
+    if keep_images < 0 or sketch_dim < 1:
+        raise OptionError(
+            f"keep_images must be >= 0 and sketch_dim >= 1, got {keep_images}, {sketch_dim}"
+        )
+    attrs = {**plan.attrs, "keep": keep}
+    for name in ("keep_images", "sketch_dim", "sketch_seed"):
+        attrs.pop(name, None)
+    if keep == "sketch":  # with "all", the run records every image (store.create_run)
+        attrs.update(keep_images=keep_images, sketch_dim=sketch_dim, sketch_seed=SKETCH_SEED)
+    else:
+        attrs.update(sketch_dim=None, sketch_seed=None)
+    return RunPlan(attrs, plan.layouts, plan.tests)
 
 
 def build_model(
@@ -134,7 +209,12 @@ def build_model(
 
 @functools.lru_cache(maxsize=1)
 def _worker_model(
-    name: str, checkpoint: str | None, order: str, seed: int | None, sha256: str | None
+    name: str,
+    checkpoint: str | None,
+    order: str,
+    seed: int | None,
+    sha256: str | None,
+    device: str,
 ) -> torch.nn.Module:
     """One model per worker process, kept across its tasks."""
     model = build_model(name, checkpoint, order, seed)
@@ -145,15 +225,35 @@ def _worker_model(
             "the file changed since the run started"
         )
     # Inference only: explanations back-propagate through activations, never into weights.
-    return model.requires_grad_(False)
+    return model.requires_grad_(False).to(device)
 
 
-def stage_grids(model: torch.nn.Module, image_size: int) -> dict[int, tuple[int, int]]:
-    """Token grid (H, W) of every stage at ``image_size``, measured by one forward pass."""
+def checkpoint_copy(checkpoint: str, sha256: str, content: bytes) -> str:
+    """A local file holding ``content`` (a checkpoint the client sent, as ``checkpoint``'s
+    bytes), made once per machine and named by its hash; its path."""
+    folder = Path(tempfile.gettempdir(), "mambapanel-checkpoints")
+    target = folder / f"{sha256}{''.join(Path(checkpoint).suffixes[-1:])}"
+    if not target.exists():
+        if hashlib.sha256(content).hexdigest() != sha256:
+            raise store.RunError(
+                f"{checkpoint}: the bytes sent to this worker do not hash to the run's "
+                f"checkpoint_sha256 {sha256}"
+            )
+        folder.mkdir(exist_ok=True)
+        partial = folder / f".{target.name}.{os.getpid()}"
+        partial.write_bytes(content)
+        os.replace(partial, target)  # two workers of one machine may write it at once
+    return str(target)
+
+
+def stage_grids(model: torch.nn.Module, image_size: int) -> tuple[dict[int, tuple[int, int]], int]:
+    """Token grid (H, W) of every stage at ``image_size``, and the scans' state size N,
+    measured by one forward pass."""
     first_blocks = [(stage, 0) for stage in range(len(model.depths))]
     with torch.no_grad(), attention.capture(model, first_blocks) as cap:
         model(torch.zeros(1, 3, image_size, image_size))
-    return {stage: cap.inputs(stage, block).grid for stage, block in first_blocks}
+    grids = {stage: cap.inputs(stage, block).grid for stage, block in first_blocks}
+    return grids, cap.inputs(0, 0).A.shape[-1]
 
 
 def pool_attention(matrices: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:
@@ -179,96 +279,249 @@ def pool_attention(matrices: torch.Tensor, grid: tuple[int, int], factor: int) -
     return pool_vectors(keys_pooled.transpose(1, 2), grid, factor).transpose(1, 2).contiguous()
 
 
-def extract_shard(path: str | Path, shard: int, batch_size: int) -> int:
+@dataclass
+class ShardTotals:
+    """What a shard accumulates over its batches before ``store.write_shard``: per stage,
+    the float64 sum of its images' matrices (numpy on the CPU, where numpy sums them ~5x
+    faster than torch; torch on a GPU) and, in a sketched run, every image's sketches."""
+
+    run: store.RunInfo
+    images: range
+    device: torch.device
+    sums: dict[int, Any] = field(default_factory=dict)
+    sketches: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        sketched = self.run.attrs["keep"] == "sketch"
+        for layout in self.run.layouts:
+            shape = (layout.n_blocks, layout.patches, layout.patches)
+            if self.device.type == "cpu":
+                self.sums[layout.stage] = np.zeros(shape, np.float64)
+            else:
+                self.sums[layout.stage] = torch.zeros(
+                    shape, dtype=torch.float64, device=self.device
+                )
+            if sketched:
+                width = self.sketch(layout).out_features
+                self.sketches[layout.stage] = torch.full(
+                    (len(self.images), layout.n_blocks, width), float("nan"), device=self.device
+                )
+
+    def sketch(self, layout: store.StageLayout):
+        attrs = self.run.attrs
+        return store.sketch_of(layout, attrs["sketch_dim"], attrs["sketch_seed"])
+
+    def add(self, layout: store.StageLayout, block: int, start: int, matrices: torch.Tensor):
+        """Add the batch of images from ``start`` on: r(b, L, L) float32 on the device."""
+        if self.device.type == "cpu":
+            self.sums[layout.stage][block] += matrices.numpy().sum(0, dtype=np.float64)
+        else:
+            self.sums[layout.stage][block] += matrices.sum(0, dtype=torch.float64)
+        if self.sketches:
+            offset = start - self.images.start
+            sketched = self.sketch(layout)(matrices)
+            self.sketches[layout.stage][offset : offset + len(matrices), block] = sketched
+
+    def on_host(self) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """(sums, sketches) as numpy arrays."""
+
+        def host(value: Any) -> np.ndarray:
+            return value.cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+        return (
+            {stage: host(value) for stage, value in self.sums.items()},
+            {stage: host(value) for stage, value in self.sketches.items()},
+        )
+
+
+class BlockAttention:
+    """Each block's attention of one batch, computed once and put to every use: the
+    matrices of the run's kept images to the store (through ``writer``), their float64 sum
+    and sketches into ``totals``, a Vim's CLS row and column to the store; and the token-order
+    matrix returned, for the rollout (:func:`mambapanel.explain.relevance_maps`).
+    """
+
+    def __init__(
+        self,
+        where: Location,
+        run: store.RunInfo,
+        cap: attention.Capture,
+        start: int,
+        totals: ShardTotals,
+        writer: Writer,
+    ) -> None:
+        self.where, self.run, self.cap, self.start = where, run, cap, start
+        self.totals, self.writer = totals, writer
+        self.layouts = {layout.stage: layout for layout in run.layouts}
+        self.done: set[tuple[int, int]] = set()
+        self.last_cls: torch.Tensor | None = None  # |from CLS| of a Vim's last block
+
+    def __call__(self, stage: int, block: int) -> torch.Tensor:
+        """The item attention of (stage, block), r(b, T, T), after storing what the run keeps
+        of it; the channel mode is the run's."""
+        attrs = self.run.attrs
+        items = self.cap.item_attention(
+            stage, block, reduce=attrs["channels"], backend=attrs["backend"]
+        )
+        if stage not in self.layouts:  # a stage the run does not store (rollout only)
+            return items
+        inputs = self.cap.inputs(stage, block)
+        layout = self.layouts[stage]
+        patches = items
+        if hasattr(inputs, "cls_token"):  # Vim: the CLS token's row and column apart
+            patches, from_cls, to_cls = split_cls(items, inputs.cls_token)
+            if attrs["explanations"]:
+                pooled = [
+                    to_host(pool_vectors(v, layout.full_grid, layout.pool).contiguous())
+                    for v in (from_cls, to_cls)
+                ]
+                self._write(store.write_cls, stage, block, self.start, *pooled)
+                if block == layout.n_blocks - 1:
+                    self.last_cls = from_cls.abs()
+        matrices = pool_attention(patches, layout.full_grid, layout.pool)
+        self.totals.add(layout, block, self.start, matrices)
+        kept = max(0, min(len(matrices), attrs["keep_images"] - self.start))
+        if kept:
+            # Cast on the device: half the bytes to copy, and numpy's float16 cast is slower.
+            stored = matrices[:kept].to(getattr(torch, attrs["dtype"])).contiguous()
+            self._write(store.write_attention, stage, block, self.start, to_host(stored))
+        self.done.add((stage, block))
+        return items
+
+    def _write(self, write, *arguments) -> None:
+        """``write(where, *arguments)`` on the writer, host copies waited for and unpacked."""
+
+        def run() -> None:
+            values = [a.wait().numpy() if isinstance(a, HostCopy) else a for a in arguments]
+            write(self.where, *values)
+
+        self.writer.submit(run)
+
+    def finish(self) -> None:
+        """Store every block the run keeps that no one has asked for yet."""
+        for layout in self.run.layouts:
+            for block in range(layout.n_blocks):
+                if (layout.stage, block) not in self.done:
+                    self(layout.stage, block)
+
+
+def extract_shard(
+    path: str | Path | Location, shard: int, batch_size: int, checkpoint: bytes | None = None
+) -> int:
     """Compute shard ``shard`` of the run at ``path`` and write it (see ``store.write_shard``).
 
-    The model is built once per process and reused. Matrices stream to the store batch by
-    batch; only the shard's float64 sums (one L x L per block) stay in memory. With the run's
-    ``explanations``, each batch also goes backward once from its predicted classes' logits
-    (relevance maps, Vim's CLS rows and columns) and, for its first ``faithfulness_images``
-    images, through the perturbation test.
+    The model is built once per process and reused, on the run's device. Each block's
+    attention is computed once per batch: the kept images' matrices stream to the store
+    (written while the next block and batch compute, on a GPU), and only the shard's float64
+    sums (one L x L per block) and sketches stay in memory. With the run's ``explanations``,
+    each batch also goes backward once from its predicted classes' logits (relevance maps,
+    Vim's CLS rows and columns) and, for its first ``faithfulness_images`` images, through
+    the perturbation test.
+
+    Parameters
+    ----------
+    checkpoint : bytes, optional
+        The run's checkpoint file, sent by the client to workers that may not see its path.
 
     Returns
     -------
     The number of images written.
     """
-    run = store.read_run(path)
+    where = location(path)
+    run = store.read_run(where)
     attrs = run.attrs
     if attrs["complete"]:
-        raise store.RunError(f"{path}: the run is complete; its shards are not recomputed")
+        raise store.RunError(f"{where}: the run is complete; its shards are not recomputed")
+    device = torch.device(attrs["device"])
+    checkpoint_file = attrs["checkpoint"]
+    if checkpoint is not None:
+        checkpoint_file = checkpoint_copy(checkpoint_file, attrs["checkpoint_sha256"], checkpoint)
     model = _worker_model(
         attrs["model"],
-        attrs["checkpoint"],
+        checkpoint_file,
         attrs["order"],
         attrs["seed"],
         attrs["checkpoint_sha256"],
+        attrs["device"],
     )
     images = store.shard_images(attrs, shard)
+    totals = ShardTotals(run, images, device)
     blocks = [(layout.stage, block) for layout in run.layouts for block in range(layout.n_blocks)]
-    sums = {
-        layout.stage: np.zeros((layout.n_blocks, layout.patches, layout.patches), np.float64)
-        for layout in run.layouts
-    }
     thumbnails = []
-    for start in range(images.start, images.stop, batch_size):
-        batch = range(start, min(start + batch_size, images.stop))
-        pictures = [data.open_image(attrs["image_source"], run.image_ids[i]) for i in batch]
-        thumbnails += [data.thumbnail(picture, store.THUMBNAIL_SIZE) for picture in pictures]
-        pixels = data.preprocess(pictures, attrs["image_size"])
-        if attrs["explanations"]:
-            with attention.capture(model, gradients=True) as cap:  # every block: rollout
-                predicted = predict_and_backpropagate(model, pixels)
-        else:
-            with torch.no_grad(), attention.capture(model, blocks) as cap:
-                model(pixels)
-        for layout in run.layouts:
-            for block in range(layout.n_blocks):
-                matrices = cap.attention(stage=layout.stage, block=block, reduce=attrs["channels"])
-                matrices = pool_attention(matrices, layout.full_grid, layout.pool)
-                sums[layout.stage][block] += matrices.numpy().sum(0, dtype=np.float64)
-                # Cast in torch: numpy's float16 cast was the bottleneck (same rounding).
-                stored = matrices.to(getattr(torch, attrs["dtype"])).numpy()
-                store.write_attention(path, layout.stage, block, start, stored)
-        if attrs["explanations"]:
-            write_explanations(path, run, model, cap, pixels, start, predicted)
-    store.write_shard(path, shard, np.stack(thumbnails), sums)
+    # On a GPU the writes of a batch overlap the next one's compute; on the CPU every core
+    # already computes, and a writer thread would only compete with it.
+    with Writer(depth=2 if device.type == "cuda" else 0) as writer:
+        for start in range(images.start, images.stop, batch_size):
+            batch = range(start, min(start + batch_size, images.stop))
+            pictures = [data.open_image(attrs["image_source"], run.image_ids[i]) for i in batch]
+            thumbnails += [data.thumbnail(picture, store.THUMBNAIL_SIZE) for picture in pictures]
+            pixels = data.preprocess(pictures, attrs["image_size"]).to(device)
+            # Only the model's passes run in the run's precision: the attention is computed
+            # in float32 from what the scans read (autocast would lower its products too).
+            if attrs["explanations"]:
+                with attention.capture(model, gradients=True) as cap:  # every block
+                    predicted = predict_and_backpropagate(model, pixels, attrs["precision"])
+                store_blocks = BlockAttention(where, run, cap, start, totals, writer)
+                write_explanations(where, run, model, cap, pixels, start, predicted,
+                                   store_blocks, writer)  # fmt: skip
+            else:
+                with (
+                    torch.no_grad(),
+                    attention.capture(model, blocks) as cap,
+                    autocast(device, attrs["precision"]),
+                ):
+                    model(pixels)
+                store_blocks = BlockAttention(where, run, cap, start, totals, writer)
+            store_blocks.finish()
+    sums, sketches = totals.on_host()
+    store.write_shard(where, shard, np.stack(thumbnails), sums, sketches)
     return len(images)
 
 
-def predict_and_backpropagate(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """One forward pass that tracks gradients through the activations (not the weights), and
-    the backward pass of the predicted classes' logits; returns int64(B,) the classes."""
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """The model's passes in ``precision`` (bfloat16: autocast), nothing for float32."""
+    if precision == "float32":
+        yield
+        return
+    with torch.autocast(device.type, dtype=getattr(torch, precision)):
+        yield
+
+
+def predict_and_backpropagate(
+    model: torch.nn.Module, pixels: torch.Tensor, precision: str = "float32"
+) -> torch.Tensor:
+    """One forward pass that tracks gradients through the activations (not the weights), in
+    ``precision``, and the backward pass of the predicted classes' logits; returns int64(B,)
+    the classes."""
     pixels = pixels.clone().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(pixels)
+        with autocast(pixels.device, precision):
+            logits = model(pixels).float()
         predicted = logits.argmax(1)
         logits.gather(1, predicted[:, None]).sum().backward()
     return predicted.detach()
 
 
 def write_explanations(
-    path: str | Path,
+    path: str | Path | Location,
     run: store.RunInfo,
     model: torch.nn.Module,
     cap: attention.Capture,
     pixels: torch.Tensor,
     start: int,
     predicted: torch.Tensor,
+    blocks: BlockAttention,
+    writer: Writer,
 ) -> None:
-    """The batch's relevance maps, Vim's CLS rows and columns, and the perturbation test of
+    """The batch's relevance maps (their rollout from the matrices ``blocks`` computes and
+    stores), Vim's CLS rows and columns (stored by ``blocks``), and the perturbation test of
     its images among the run's first ``faithfulness_images``, into the store."""
     attrs = run.attrs
-    maps = explain.relevance_maps(cap, channels=attrs["channels"])
+    maps = explain.relevance_maps(cap, channels=attrs["channels"], attention=blocks)
+    blocks.finish()  # before the last block's CLS row is read below
     relevance = torch.stack([maps[name] for name in store.EXPLANATIONS], 1)
-    last_cls = None
-    if isinstance(model, models.Vim):
-        (layout,) = run.layouts
-        for block in range(layout.n_blocks):
-            rows = cap.cls_attention(0, block, reduce=attrs["channels"])
-            if block == layout.n_blocks - 1:
-                last_cls = rows[0].abs()
-            pooled = [pool_vectors(v, layout.full_grid, layout.pool).numpy() for v in rows]
-            store.write_cls(path, 0, block, start, *pooled)
+    last_cls = blocks.last_cls
     tested = [i for i in range(len(pixels)) if start + i < attrs["faithfulness_images"]]
     faithfulness = None
     if tested:
@@ -284,20 +537,21 @@ def write_explanations(
             }
 
             def score(images: torch.Tensor, i: int = i) -> torch.Tensor:
-                return torch.softmax(model(images), -1)[:, predicted[i]]
+                with autocast(images.device, attrs["precision"]):
+                    logits = model(images).float()
+                return torch.softmax(logits, -1)[:, predicted[i]]
 
             for t, name in enumerate(run.tests):
                 curves = explain.perturbation_curves(
-                    score, pixels[i], candidates[name].reshape(grid)
+                    score, pixels[i], candidates[name].reshape(grid).to(pixels.device)
                 )
                 faithfulness[i, t] = np.stack(curves)
-    store.write_explanations(
-        path,
-        start,
-        predicted.numpy(),
-        relevance.float().numpy(),
+    results = (
+        predicted.cpu().numpy(),
+        relevance.float().cpu().numpy(),
         None if faithfulness is None else faithfulness.astype(np.float32),
     )
+    writer.submit(lambda: store.write_explanations(path, start, *results))
 
 
 def pool_vectors(values: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:

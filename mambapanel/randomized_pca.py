@@ -25,7 +25,9 @@ _MIN_BLOCK_ROWS = 128
 _IN_MEMORY_BYTES = 2**30
 
 
-def pca(features: Features, n_components: int, *, seed: int = 0) -> np.ndarray:
+def pca(
+    features: Features, n_components: int, *, seed: int = 0, on_workers: bool = False
+) -> np.ndarray:
     """Randomized PCA scores, out of core for dask input.
 
     Every pass multiplies the features, centred one block of rows at a time, by a thin
@@ -36,11 +38,18 @@ def pca(features: Features, n_components: int, *, seed: int = 0) -> np.ndarray:
     (n_features, n_components + 10) matrices, whatever n_points; smaller ones are loaded
     once. Each component's sign makes its largest score positive.
 
+    With ``on_workers``, dask features stay where the active Dask scheduler computes them
+    (a distributed client's workers): every pass is a dask expression whose result alone,
+    (n_points, n_components + 10) or (n_features, n_components + 10), comes to this process;
+    features up to 1 GiB are kept in the workers' memory across the passes.
+
     Parameters
     ----------
     features : r(n_points, n_features), numpy or dask
     n_components : int
         At most min(n_points, n_features).
+    on_workers : bool
+        For dask features: the passes on the workers, as above.
 
     Returns
     -------
@@ -59,14 +68,16 @@ def pca(features: Features, n_components: int, *, seed: int = 0) -> np.ndarray:
             f"({n_points}, {n_features}), got {n_components}"
         )
     dtype = np.result_type(features.dtype, np.float32)
-    if isinstance(features, da.Array) and n_points * n_features * 4 <= _IN_MEMORY_BYTES:
-        features = features.compute()
-    if not isinstance(features, da.Array):
-        features = np.asarray(features, dtype=dtype)
-    rows = _RowBlocks(features, dtype)
-    total = np.zeros(n_features)
-    for _, block in rows:
-        total += block.sum(axis=0, dtype=np.float64)
+    small = n_points * n_features * 4 <= _IN_MEMORY_BYTES
+    if isinstance(features, da.Array) and on_workers:
+        rows = _WorkerRows(features, dtype, persist=small)
+    else:
+        if isinstance(features, da.Array) and small:
+            features = features.compute()
+        if not isinstance(features, da.Array):
+            features = np.asarray(features, dtype=dtype)
+        rows = _RowBlocks(features, dtype)
+    total = rows.column_sums()
     # Any NaN or infinity reaches the mean, so this pass checks the features for free.
     if not np.isfinite(total).all():
         raise ValueError(
@@ -112,6 +123,13 @@ class _RowBlocks:
         else:
             self.rows = n_points
 
+    def column_sums(self) -> np.ndarray:
+        """f64(n_features,): the sum of every column (one pass, before ``mean`` is set)."""
+        total = np.zeros(self.features.shape[1])
+        for _, block in self:
+            total += block.sum(axis=0, dtype=np.float64)
+        return total
+
     def __iter__(self) -> Iterator[tuple[slice, np.ndarray]]:
         """(rows, r(rows, n_features)) for each block in turn."""
         for start in range(0, self.features.shape[0], self.rows):
@@ -136,6 +154,38 @@ class _RowBlocks:
         for span, block in self:
             product += block.T @ matrix[span]
         return product
+
+
+class _WorkerRows:
+    """:class:`_RowBlocks`'s passes as dask expressions over blocks of rows, computed where
+    the active scheduler computes (a distributed client's workers); only their thin results
+    come back. Centred block by block as :class:`_RowBlocks` centres them."""
+
+    def __init__(self, features: da.Array, dtype: np.dtype, *, persist: bool) -> None:
+        n_points, n_features = features.shape
+        rows = min(n_points, max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // n_features))
+        self.features = features.rechunk({0: rows, 1: -1}).astype(dtype)
+        if persist:  # read from the store once, not at each of the 11 passes
+            self.features = self.features.persist()
+        self.dtype = dtype
+        self.mean: np.ndarray | None = None
+
+    def column_sums(self) -> np.ndarray:
+        return self.features.sum(axis=0, dtype=np.float64).compute()
+
+    def _centred(self) -> da.Array:
+        return self.features - self.mean
+
+    def times(self, matrix: np.ndarray) -> np.ndarray:
+        """(n_points, k) = centred features @ matrix."""
+        return (self._centred() @ matrix.astype(self.dtype)).compute()
+
+    def transpose_times(self, matrix: np.ndarray) -> np.ndarray:
+        """(n_features, k) = centred features.T @ matrix, summed over blocks on the workers."""
+        right = da.from_array(
+            matrix.astype(self.dtype), chunks=(self.features.chunks[0], matrix.shape[1])
+        )
+        return (self._centred().T @ right).compute()
 
 
 def _orthonormal(sketch: np.ndarray) -> np.ndarray:

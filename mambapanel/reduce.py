@@ -3,7 +3,9 @@ of core on dask arrays; t-SNE and UMAP after PCA; and the embeddings that a run 
 
 Two feature sets, from the paper's Algorithms 1 and 2:
 
-- inter-block (Mode 1): every (image, block) matrix of a stage, flattened to L² features;
+- inter-block (Mode 1): every (image, block) matrix of a stage, flattened to L² features
+  (in a run that keeps sketches, each matrix's count sketch instead: k features whose
+  distances are the matrices' within the bound of :mod:`mambapanel.sketch`);
   ``embedding_inter`` (method, image, block, xy) in the stage group.
 - intra-block (Mode 2): the L rows of one block's ``attention_mean`` (query patch i's
   attention over the L keys); ``embedding_intra`` (method, block, query, xy).
@@ -37,6 +39,7 @@ from mambapanel.randomized_pca import (
     feature_shape,
     pca,
 )
+from mambapanel.storage import Location, location
 from mambapanel.store import EMBEDDING_INTER, EMBEDDING_INTRA, open_run, stage_group
 
 METHODS = ("pca", "tsne", "umap")
@@ -125,7 +128,13 @@ def embedding_params(
 
 
 def embed(
-    features: Features, method: str, *, seed: int = 0, n_pca: int = 100, **params: Any
+    features: Features,
+    method: str,
+    *,
+    seed: int = 0,
+    n_pca: int = 100,
+    on_workers: bool = False,
+    **params: Any,
 ) -> np.ndarray:
     """Embed points in 2-D with PCA, t-SNE or UMAP.
 
@@ -139,6 +148,9 @@ def embed(
         Seeds the randomized PCA and the method; the same seed gives the same output.
     n_pca : int
         t-SNE and UMAP run after PCA to this many dimensions when the input is wider.
+    on_workers : bool
+        Dask features stay on the Dask workers (:func:`mambapanel.randomized_pca.pca`); only
+        the PCA's scores come to this process, where t-SNE and UMAP run.
     **params
         Method parameters, see :func:`embedding_params` for names and defaults.
 
@@ -148,7 +160,7 @@ def embed(
     """
     n_points, n_features = feature_shape(features)
     resolved = embedding_params(method, n_points, n_features, seed=seed, n_pca=n_pca, **params)
-    return _embed_resolved(features, method, resolved, pca_cache={})
+    return _embed_resolved(features, method, resolved, pca_cache={}, on_workers=on_workers)
 
 
 def inter_block_features(attention: xr.DataArray | Features) -> da.Array:
@@ -207,7 +219,7 @@ def intra_block_features(attention_mean_block: xr.DataArray | np.ndarray) -> np.
 
 
 def reduce_run(
-    path: str | Path,
+    path: str | Path | Location,
     methods: Iterable[str] = METHODS,
     *,
     seed: int = 0,
@@ -216,6 +228,7 @@ def reduce_run(
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     force: bool = False,
     progress: bool = True,
+    on_workers: bool = False,
 ) -> None:
     """Add ``embedding_inter`` and ``embedding_intra`` for ``methods`` to a complete run.
 
@@ -239,6 +252,9 @@ def reduce_run(
         Recompute methods that are stored with the same parameters.
     progress : bool
         Show a progress bar over stages x methods.
+    on_workers : bool
+        Run the PCAs on the Dask workers of the active client (the features are dask arrays
+        over the store, which the workers read); t-SNE and UMAP run here, after PCA-100.
 
     Raises
     ------
@@ -255,10 +271,11 @@ def reduce_run(
     unknown = sorted(set(method_params) - set(methods))
     if unknown:
         raise OptionError(f"method_params for {unknown}, which are not among methods {methods}")
-    open_run(path)  # the validation: a complete run of a format this version reads
-    # open_run's variables load whole into a memory cache on first use; chunks={} keeps them
-    # lazy (dask, one zarr chunk per dask chunk), so that PCA streams the attention.
-    tree = xr.open_datatree(path, engine="zarr", consolidated=False, chunks={})
+    where = location(path)
+    # Validated; chunks={} keeps the variables lazy (dask, one zarr chunk per dask chunk), so
+    # that PCA streams the attention instead of loading it whole on first use.
+    tree = open_run(where, chunks={})
+    sketched = tree.attrs["keep"] == "sketch"
     stored_stages = tree.attrs["stages"]
     stages = stored_stages if stages is None else list(stages)
     missing = sorted(set(stages) - set(stored_stages))
@@ -269,11 +286,23 @@ def reduce_run(
     ) as bar:
         for stage in stages:
             name = stage_group(stage)
-            _reduce_stage(path, name, tree[name], methods, seed, n_pca, method_params, force, bar)
+            _reduce_stage(
+                where,
+                name,
+                tree[name],
+                methods,
+                seed,
+                n_pca,
+                method_params,
+                force,
+                bar,
+                sketched=sketched,
+                on_workers=on_workers,
+            )
 
 
 def _reduce_stage(
-    path: str | Path,
+    where: Location,
     group_name: str,
     node: xr.DataTree,
     methods: list[str],
@@ -282,12 +311,19 @@ def _reduce_stage(
     method_params: dict[str, Mapping[str, Any]],
     force: bool,
     bar: tqdm,
+    *,
+    sketched: bool = False,
+    on_workers: bool = False,
 ) -> None:
     """Compute what ``methods`` lack in one stage group, then write the stage's embeddings."""
     attention = node["attention"]
     n_images, n_blocks = attention.sizes["image"], attention.sizes["block"]
     n_patches = attention.sizes["query"]
-    inter_features = inter_block_features(attention)
+    if sketched:  # Algorithm 1 on the sketches: the run keeps few images' matrices
+        inter_features = sketch_features(node["sketch"])
+    else:
+        inter_features = inter_block_features(attention)
+    n_features = inter_features.shape[1]
     # Both variables load whole: a few floats per point.
     inter = _stored(node, EMBEDDING_INTER)
     intra = _stored(node, EMBEDDING_INTRA)
@@ -298,21 +334,24 @@ def _reduce_stage(
     for method in methods:
         bar.set_postfix_str(f"{group_name} {method}")
         kwargs = {"seed": seed, "n_pca": n_pca, **method_params.get(method, {})}
-        inter_params = embedding_params(method, n_images * n_blocks, n_patches**2, **kwargs)
+        inter_params = embedding_params(method, n_images * n_blocks, n_features, **kwargs)
         intra_params = embedding_params(method, n_patches, n_patches, **kwargs)
         if (
             force
             or _as_json(inter_params) != inter.get(method, (None, None))[1]
             or _as_json(intra_params) != intra.get(method, (None, None))[1]
         ):
-            points = _embed_resolved(inter_features, method, inter_params, inter_pca)
+            points = _embed_resolved(
+                inter_features, method, inter_params, inter_pca, on_workers=on_workers
+            )
             inter[method] = (points.reshape(n_images, n_blocks, len(XY)), inter_params)
             block_points = [
                 _embed_resolved(
-                    intra_block_features(node["attention_mean"].isel(block=block)),
+                    _intra_features(node, block, on_workers),
                     method,
                     intra_params,
                     intra_pca[block],
+                    on_workers=on_workers,
                 )
                 for block in range(n_blocks)
             ]
@@ -320,7 +359,26 @@ def _reduce_stage(
             changed = True
         bar.update()
     if changed:
-        _write_embeddings(path, group_name, inter, intra)
+        _write_embeddings(where, group_name, inter, intra)
+
+
+def sketch_features(sketch: xr.DataArray) -> da.Array:
+    """Algorithm 1's points from a sketched run: the stored ``sketch`` r(image, block, k)
+    as dask r(image * block, k), image-major as :func:`inter_block_features` orders them."""
+    values = sketch.transpose("image", "block", "component").data
+    if not isinstance(values, da.Array):
+        values = da.from_array(values, chunks=(1, *values.shape[1:]))
+    n_images, n_blocks, width = values.shape
+    return values.reshape(n_images * n_blocks, width)
+
+
+def _intra_features(node: xr.DataTree, block: int, on_workers: bool) -> Features:
+    """Algorithm 2's points of ``block``: loaded here, or lazy (dask over the store) for the
+    workers to read."""
+    mean = node["attention_mean"].isel(block=block).transpose("query", "key")
+    if on_workers:
+        return mean.data if isinstance(mean.data, da.Array) else da.from_array(mean.values)
+    return intra_block_features(mean)
 
 
 def _stored(node: xr.DataTree, name: str) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
@@ -337,7 +395,7 @@ def _stored(node: xr.DataTree, name: str) -> dict[str, tuple[np.ndarray, dict[st
 
 
 def _write_embeddings(
-    path: str | Path,
+    where: Location,
     group_name: str,
     inter: dict[str, tuple[np.ndarray, dict[str, Any]]],
     intra: dict[str, tuple[np.ndarray, dict[str, Any]]],
@@ -362,7 +420,7 @@ def _write_embeddings(
         # object dtype: zarr v3 specifies variable-length strings, not numpy's fixed "<U".
         coords={"method": np.array(methods, dtype=object), "xy": np.array(XY, dtype=object)},
     )
-    group = zarr.open_group(path, path=group_name, mode="r+")
+    group = zarr.open_group(where.zarr_store(), path=group_name, mode="r+")
     # to_zarr cannot resize the method dimension of existing arrays, so these small arrays
     # are replaced whole (stored methods are rewritten with the values just read).
     for name in (EMBEDDING_INTER, EMBEDDING_INTRA, "method"):
@@ -371,7 +429,7 @@ def _write_embeddings(
     # to_zarr(mode="a") replaces the group's attrs with the dataset's: carry them over.
     embeddings.attrs = group.attrs.asdict()
     embeddings.to_zarr(
-        path,
+        where.zarr_store(),
         group=group_name,
         mode="a",
         consolidated=False,
@@ -388,18 +446,20 @@ def _embed_resolved(
     method: str,
     params: dict[str, Any],
     pca_cache: dict[int, np.ndarray],
+    *,
+    on_workers: bool = False,
 ) -> np.ndarray:
     """:func:`embed` with resolved ``params``; ``pca_cache`` {width: scores} lets several
     methods share the PCA of the same features."""
     seed = params["seed"]
     if method == "pca":
-        return pca(features, len(XY), seed=seed).astype(np.float32)
+        return pca(features, len(XY), seed=seed, on_workers=on_workers).astype(np.float32)
     width = params["pca_components"]
     if width is None:
         points = features.compute() if isinstance(features, da.Array) else features
     else:
         if width not in pca_cache:
-            pca_cache[width] = pca(features, width, seed=seed)
+            pca_cache[width] = pca(features, width, seed=seed, on_workers=on_workers)
         points = pca_cache[width]
     settings = {k: v for k, v in params.items() if k not in ("seed", "pca_components")}
     if method == "tsne":

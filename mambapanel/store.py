@@ -15,7 +15,14 @@ Root group
         ``stages``), shard_size (images per task), batch_size (images per forward pass),
         explanations (bool: the arrays below marked (E) are stored), faithfulness_images
         (the perturbation test ran on the first this many images), relevance_grid_height,
-        relevance_grid_width (the first stage's full grid, where relevance maps live)
+        relevance_grid_width (the first stage's full grid, where relevance maps live),
+        keep ("all" | "sketch": what is kept of the per-image matrices), keep_images (the
+        first this many images have their matrices in ``attention``: all of them with
+        ``keep`` "all"), sketch_dim, sketch_seed (of the sketches (S); null without),
+        device ("cpu" | "cuda": where the workers computed), precision ("float32" |
+        "bfloat16": of the model's forward and backward passes), backend ("tiled" |
+        "triton": of the attention). Runs made before an attr existed read as
+        :func:`run_attrs` fills it in.
     image       (image,) int64              index coordinate 0 .. n-1
     image_id    (image,) str                coordinate: the file's path relative to the source
     label       (image,) str                coordinate: its class folder, "" in a flat folder
@@ -41,7 +48,13 @@ Group ``stage{s}`` for every s in ``stages``
     query_row, query_col   (query,) int64   that query patch's row and column
     key_row, key_col       (key,) int64     (xarray allows one coordinate per name, hence the
                                             prefixes; `sel(query=i)` or `where(query_row == r)`)
-    attention       (image, block, query, key) float16 | float32, NaN until written
+    attention       (image, block, query, key) float16 | float32, NaN until written; only
+                    images below ``keep_images`` are ever written (the others stay NaN)
+    sketch          (image, block, component) f32  (S) the count sketch of each image's
+                    matrix, flattened (:mod:`mambapanel.sketch`): Algorithm 1 reduces these
+                    instead of ``attention``. Stage attrs ``sketch_features`` (its width:
+                    min(sketch_dim, L²)) and ``sketch_exact`` (true when L² <= sketch_dim:
+                    the sketch is the matrix itself, row-major)
     attention_mean  (block, query, key) float32: the exact mean over images, NaN until final
     attention_from_cls (image, block, key) f32   (E, Vim) the CLS token's row: attention from
                     CLS to each patch; attention_to_cls (image, block, query) its column
@@ -55,7 +68,10 @@ Group ``findings`` (added by ``python -m compute findings``; absent before)
     dataset; its variables are listed in the docstring of :mod:`mambapanel.findings`,
     which writes and reads them (``write_findings``, ``read_findings``).
 
-Chunks: ``attention`` (1, 1, L, L), one image-block per chunk; ``attention_mean``
+(S): stored when ``keep`` is "sketch" (format_version 2; runs without are version 1).
+
+Chunks: ``attention`` (1, 1, L, L), one image-block per chunk; ``sketch`` (shard_size,
+n_blocks, width), one shard's per chunk; ``attention_mean``
 (1, Q, L) with Q = all L rows when a block is at most 4 MiB, else as many rows as fit in
 4 MiB, so one query row is always one chunk; ``partial_sum`` (1, 1, L, L); ``done`` and
 ``thumbnail`` by shard (``shard_size`` images), so concurrent tasks never write one chunk.
@@ -64,6 +80,13 @@ The three attention arrays are stored without compression (benchmarks/RESULTS.md
 Read a run with :func:`open_run`, or ``xr.open_datatree(path, engine="zarr",
 consolidated=False)``: the metadata is not consolidated, because zarr v3 does not specify
 consolidation and every later writer (reduction) would have to keep it current.
+
+Where: a run is a local folder or an ``s3://`` / ``gs://`` URL (:mod:`mambapanel.storage`);
+every function here takes either, as a path, a URL string or a ``Location``. Kill-safety
+rests on each chunk and metadata object being replaced whole: zarr's local store writes a
+temporary file and renames it, and an object store's PUT is atomic. A new local run is built
+beside its path and renamed into place; on an object store, which cannot rename, the root's
+attrs are written last, and a root without ``format`` (a killed creation) is built anew.
 """
 
 from __future__ import annotations
@@ -84,12 +107,19 @@ import zarr.errors
 
 from mambapanel import __version__
 from mambapanel.errors import MambapanelError, OptionError, check_writable_folder
+from mambapanel.sketch import CountSketch
+from mambapanel.storage import Location, location
 
 if TYPE_CHECKING:  # xarray is imported where a run is opened: a dashboard reads zarr alone
     import xarray as xr
 
 FORMAT = "mambapanel-run"
 FORMAT_VERSION = 1
+SKETCH_FORMAT_VERSION = 2  # a run that keeps sketches: older readers refuse it by version
+READABLE_VERSIONS = (FORMAT_VERSION, SKETCH_FORMAT_VERSION)
+KEEPS = ("all", "sketch")
+# The root attr of a run being created on an object store (replaced by the full attrs last).
+CREATING = "mambapanel_creating"
 THUMBNAIL_SIZE = 64
 MEAN_CHUNK_BYTES = 4 * 2**20
 DTYPES = ("float16", "float32")
@@ -123,6 +153,15 @@ IDENTITY_ATTRS = (
     "batch_size",  # float32 rounding differs with the batch: a mixed run equals no clean one
     "explanations",
     "faithfulness_images",
+    "keep",
+    "keep_images",
+    "sketch_dim",
+    "sketch_seed",
+    # Where and how the attention was computed: float32 rounding differs between devices,
+    # backends and precisions as it does between batch sizes.
+    "device",
+    "precision",
+    "backend",
 )
 # Explanations (mambapanel.explain): the maps stored per image, what the perturbation test
 # removes first, and the shares of patches it removes.
@@ -140,7 +179,17 @@ EMBEDDING_INTER, EMBEDDING_INTRA = "embedding_inter", "embedding_intra"
 # Root attrs renamed since runs were first written, old name -> new: an old run still opens.
 RENAMED_ATTRS = {"reduce": "channels"}
 # Root attrs added since, with the value that describes a run made before them.
-ADDED_ATTRS = {"explanations": False, "faithfulness_images": 0}
+ADDED_ATTRS = {
+    "explanations": False,
+    "faithfulness_images": 0,
+    "keep": "all",
+    "keep_images": None,  # None: all n_images (run_attrs fills it in)
+    "sketch_dim": None,
+    "sketch_seed": None,
+    "device": "cpu",
+    "precision": "float32",
+    "backend": "tiled",
+}
 
 
 def stage_group(stage: int) -> str:
@@ -198,24 +247,39 @@ def layout_attrs(layouts: Sequence[StageLayout]) -> dict[str, list[int]]:
 
 
 def bytes_needed(
-    layouts: Sequence[StageLayout], n_images: int, dtype: str, shard_size: int
+    layouts: Sequence[StageLayout],
+    n_images: int,
+    dtype: str,
+    shard_size: int,
+    *,
+    keep_images: int | None = None,
+    sketch_dim: int | None = None,
 ) -> dict[int, dict[str, int]]:
-    """Uncompressed bytes per stage: ``attention``, ``attention_mean`` and the scratch
+    """Uncompressed bytes per stage: ``attention`` (of the first ``keep_images`` images,
+    default all), ``sketch`` (with ``sketch_dim``), ``attention_mean`` and the scratch
     ``partial_sum`` (held only until the run is finalised)."""
     itemsize = np.dtype(dtype).itemsize
+    kept = n_images if keep_images is None else min(keep_images, n_images)
     needed = {}
     for layout in layouts:
         matrix = layout.n_blocks * layout.patches**2
+        width = 0 if sketch_dim is None else sketch_of(layout, sketch_dim).out_features
         needed[layout.stage] = {
-            "attention": n_images * matrix * itemsize,
+            "attention": kept * matrix * itemsize,
+            "sketch": n_images * layout.n_blocks * width * 4,
             "attention_mean": matrix * 4,
             "partial_sum": n_shards(n_images, shard_size) * matrix * 8,
         }
     return needed
 
 
+def sketch_of(layout: StageLayout, sketch_dim: int, seed: int = 0) -> CountSketch:
+    """The count sketch of a stage's flattened (stored, pooled) matrices."""
+    return CountSketch(layout.patches**2, sketch_dim, seed)
+
+
 def create_run(
-    path: str | Path,
+    path: str | Path | Location,
     *,
     images: Sequence[tuple[str, str]],
     layouts: Sequence[StageLayout],
@@ -226,7 +290,8 @@ def create_run(
 ) -> None:
     """Write the skeleton of a new run: metadata, coordinates, image ids; no matrices.
 
-    Built beside ``path`` and renamed into place, so a killed creation leaves no half run.
+    Kill-safe: a local run is built beside ``path`` and renamed into place; on an object
+    store the root's attrs are written last (module docstring, Where).
 
     Parameters
     ----------
@@ -236,35 +301,62 @@ def create_run(
     shard_size : images per task; ``done`` and ``thumbnail`` are chunked by it
     attrs : the run's description (model, order, image_source, ...; see the module docstring);
         with ``explanations`` true, the (E) arrays are made, over a relevance grid of
-        ``relevance_grid_height`` x ``relevance_grid_width`` patches
+        ``relevance_grid_height`` x ``relevance_grid_width`` patches; with ``keep``
+        "sketch", the (S) arrays, ``sketch_dim`` wide
     tests : the maps the perturbation test compares (with ``explanations``)
     """
-    path = Path(path)
+    where = location(path)
     if dtype not in DTYPES:
         raise OptionError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if path.exists():
-        raise RunError(f"{path}: already exists; a new run needs a new path")
-    check_writable_folder(path.parent, f"run {path}")
-    building = path.with_name(f".{path.name}.creating")
-    shutil.rmtree(building, ignore_errors=True)  # the leftover of a killed creation
+    keep = attrs.get("keep", "all")
+    if keep not in KEEPS:
+        raise OptionError(f"keep must be one of {KEEPS}, got {keep!r}")
     n = len(images)
-    root = zarr.open_group(
-        building,
-        mode="w-",
-        zarr_format=3,
-        attributes={
-            **attrs,
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "mambapanel_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "complete": False,
-            "n_images": n,
-            **layout_attrs(layouts),
-            "dtype": dtype,
-            "shard_size": shard_size,
-        },
-    )
+    full_attrs = {
+        **attrs,
+        "format": FORMAT,
+        "format_version": SKETCH_FORMAT_VERSION if keep == "sketch" else FORMAT_VERSION,
+        "mambapanel_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "complete": False,
+        "n_images": n,
+        **layout_attrs(layouts),
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "keep": keep,
+        "keep_images": n if keep == "all" else min(int(attrs["keep_images"]), n),
+    }
+    if where.is_local:
+        path = where.path
+        if path.exists():
+            raise RunError(f"{path}: already exists; a new run needs a new path")
+        check_writable_folder(path.parent, f"run {path}")
+        building = path.with_name(f".{path.name}.creating")
+        shutil.rmtree(building, ignore_errors=True)  # the leftover of a killed creation
+        root = zarr.open_group(building, mode="w-", zarr_format=3, attributes=full_attrs)
+        _build_skeleton(root, full_attrs, images, layouts, tests)
+        os.replace(building, path)
+        return
+    if where.exists("zarr.json"):
+        found = zarr.open_group(where.zarr_store(read_only=True), mode="r").attrs.asdict()
+        if set(found) != {CREATING}:
+            raise RunError(f"{where}: already exists; a new run needs a new URL")
+    where.check_writable(f"run {where}")
+    where.remove()  # what a killed creation left
+    root = zarr.open_group(where.zarr_store(), mode="w", zarr_format=3, attributes={CREATING: True})
+    _build_skeleton(root, full_attrs, images, layouts, tests)
+    root.attrs.put(full_attrs)  # one PUT: from here on it is a run
+
+
+def _build_skeleton(
+    root: zarr.Group,
+    attrs: Mapping[str, Any],
+    images: Sequence[tuple[str, str]],
+    layouts: Sequence[StageLayout],
+    tests: Sequence[str],
+) -> None:
+    """Every array of a new run under ``root`` (:func:`create_run`)."""
+    n, shard_size = len(images), attrs["shard_size"]
     _coordinate(root, "image", "image", np.arange(n))
     _coordinate(root, "image_id", "image", np.array([i for i, _ in images], dtype=str))
     _coordinate(root, "label", "image", np.array([label for _, label in images], dtype=str))
@@ -290,11 +382,18 @@ def create_run(
     explained = bool(attrs.get("explanations"))
     if explained:
         _create_explanations(root, attrs, n, shard_size, tests)
+    sketch_dim = attrs["sketch_dim"] if attrs["keep"] == "sketch" else None
     for layout in layouts:
         _create_stage(
-            root, layout, n, dtype, n_shards(n, shard_size), CLS_TEST in tests and explained
+            root,
+            layout,
+            n,
+            attrs["dtype"],
+            n_shards(n, shard_size),
+            CLS_TEST in tests and explained,
+            sketch_dim,
+            shard_size,
         )
-    os.replace(building, path)
 
 
 def _create_explanations(
@@ -331,22 +430,31 @@ def _coordinate(group: zarr.Group, name: str, dim: str, values: np.ndarray) -> N
 
 
 def _create_stage(
-    root: zarr.Group, layout: StageLayout, n_images: int, dtype: str, shards: int, cls: bool
+    root: zarr.Group,
+    layout: StageLayout,
+    n_images: int,
+    dtype: str,
+    shards: int,
+    cls: bool,
+    sketch_dim: int | None,
+    shard_size: int,
 ) -> None:
     height, width = layout.grid
     L, blocks = layout.patches, layout.n_blocks
-    group = root.create_group(
-        stage_group(layout.stage),
-        attributes={
-            "stage": layout.stage,
-            "n_blocks": blocks,
-            "pool": layout.pool,
-            "grid_height": height,
-            "grid_width": width,
-            "full_grid_height": layout.full_grid[0],
-            "full_grid_width": layout.full_grid[1],
-        },
-    )
+    attributes = {
+        "stage": layout.stage,
+        "n_blocks": blocks,
+        "pool": layout.pool,
+        "grid_height": height,
+        "grid_width": width,
+        "full_grid_height": layout.full_grid[0],
+        "full_grid_width": layout.full_grid[1],
+    }
+    sketch = None if sketch_dim is None else sketch_of(layout, sketch_dim)
+    if sketch is not None:
+        attributes["sketch_features"] = sketch.out_features
+        attributes["sketch_exact"] = sketch.exact
+    group = root.create_group(stage_group(layout.stage), attributes=attributes)
     rows, cols = np.divmod(np.arange(L), width)
     _coordinate(group, "block", "block", np.arange(blocks))
     for axis in ("query", "key"):
@@ -368,9 +476,19 @@ def _create_stage(
             fill_value=np.nan,
             dimension_names=(*leading, "block", "query", "key"),
             attributes=attributes,
-            # Uncompressed: zstd on the workers' critical path cost more time than its
-            # saving of disk was worth (benchmarks/RESULTS.md, Extraction).
+            # Uncompressed: zstd (and Blosc zstd level 1, shuffled) on the workers cost more
+            # time than it saved writing, for 7-19 % less disk (benchmarks/RESULTS.md).
             compressors=None,
+        )
+    if sketch is not None:
+        group.create_array(
+            "sketch",
+            shape=(n_images, blocks, sketch.out_features),
+            chunks=(shard_size, blocks, sketch.out_features),  # written once per shard
+            dtype="float32",
+            fill_value=np.nan,
+            dimension_names=("image", "block", "component"),
+            compressors=None,  # random projections: nothing for a compressor to find
         )
     if cls:
         chunk = max(1, math.ceil(n_images / shards))  # one shard's images per chunk
@@ -386,9 +504,10 @@ def _create_stage(
             )
 
 
-def check_run(path: str | Path) -> zarr.Group:
-    """Validate the run at ``path`` and return its root group (read-only). A complete run's
-    scratch sums, left by a kill during :func:`finalise`, are removed first.
+def check_run(path: str | Path | Location) -> zarr.Group:
+    """Validate the run at ``path`` (a path, a URL or a ``Location``) and return its root group
+    (read-only). A complete run's scratch sums, left by a kill during :func:`finalise`, are
+    removed first.
 
     Raises
     ------
@@ -396,48 +515,58 @@ def check_run(path: str | Path) -> zarr.Group:
         ``path`` does not exist, is not a zarr store, is not a run, was written by an
         incompatible format version, or lacks a group or variable of the schema.
     """
-    path = Path(path)
-    if not path.exists():
-        raise RunError(f"{path}: no such run (the path does not exist)")
+    where = location(path)
+    if where.is_local and not where.path.exists():
+        raise RunError(f"{where}: no such run (the path does not exist)")
+    if not where.is_local and not where.exists("zarr.json"):
+        raise RunError(f"{where}: no such run (no zarr.json at that URL)")
     try:
-        root = zarr.open_group(path, mode="r")
+        root = zarr.open_group(where.zarr_store(read_only=True), mode="r")
     except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
-        raise RunError(f"{path}: not a run (not a zarr store: {err})") from err
+        raise RunError(f"{where}: not a run (not a zarr store: {err})") from err
     found = root.attrs.get("format")
     if found != FORMAT:
-        raise RunError(f"{path}: not a run (attribute 'format' is {found!r}, not {FORMAT!r})")
+        if CREATING in root.attrs:
+            raise RunError(
+                f"{where}: not a run yet (its creation was interrupted); run the extraction "
+                "command again"
+            )
+        raise RunError(f"{where}: not a run (attribute 'format' is {found!r}, not {FORMAT!r})")
     version = root.attrs.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise RunError(
-            f"{path}: run format_version {version!r} (written by mambapanel "
+            f"{where}: run format_version {version!r} (written by mambapanel "
             f"{root.attrs.get('mambapanel_version')}); this mambapanel {__version__} reads "
-            f"format_version {FORMAT_VERSION}"
+            f"format_version {', '.join(map(str, READABLE_VERSIONS))}"
         )
     if root.attrs.get("complete"):
-        _remove_scratch(path, root.attrs["stages"])  # before zarr lists the stage groups
-    explained = bool(root.attrs.get("explanations"))
-    _require(path, root, "/", ROOT_VARIABLES + (EXPLANATION_VARIABLES if explained else ()))
-    stage_variables = (
-        STAGE_VARIABLES if root.attrs["complete"] else (*STAGE_VARIABLES, "partial_sum")
-    )
+        _remove_scratch(where, root.attrs["stages"])  # before zarr lists the stage groups
+    attrs = run_attrs(root.attrs)
+    explained = bool(attrs["explanations"])
+    _require(where, root, "/", ROOT_VARIABLES + (EXPLANATION_VARIABLES if explained else ()))
+    stage_variables = STAGE_VARIABLES if attrs["complete"] else (*STAGE_VARIABLES, "partial_sum")
     if explained and CLS_TEST in root["test"][...]:
         stage_variables = (*stage_variables, *CLS_VARIABLES)
-    for stage in root.attrs["stages"]:
+    if attrs["keep"] == "sketch":
+        stage_variables = (*stage_variables, "sketch")
+    for stage in attrs["stages"]:
         name = stage_group(stage)
         if name not in root:
-            raise RunError(f"{path}: no group {name!r} (attribute 'stages' lists stage {stage})")
-        _require(path, root[name], name, stage_variables)
+            raise RunError(f"{where}: no group {name!r} (attribute 'stages' lists stage {stage})")
+        _require(where, root[name], name, stage_variables)
     return root
 
 
-def _require(path: Path, group: zarr.Group, name: str, variables: Sequence[str]) -> None:
+def _require(where: Location, group: zarr.Group, name: str, variables: Sequence[str]) -> None:
     present = set(group.keys())  # one listing, not one metadata read per variable
     for variable in variables:
         if variable not in present:
-            raise RunError(f"{path}: group {name!r} has no variable {variable!r}")
+            raise RunError(f"{where}: group {name!r} has no variable {variable!r}")
 
 
-def open_run(path: str | Path, *, allow_incomplete: bool = False) -> xr.DataTree:
+def open_run(
+    path: str | Path | Location, *, allow_incomplete: bool = False, chunks: dict | None = None
+) -> xr.DataTree:
     """Open a validated run as a lazy ``xarray.DataTree`` (see the module docstring).
 
     Parameters
@@ -445,42 +574,51 @@ def open_run(path: str | Path, *, allow_incomplete: bool = False) -> xr.DataTree
     allow_incomplete : bool
         Open a run whose extraction has not finished (its ``attention_mean`` is NaN and
         some images are not ``done``) instead of refusing it.
+    chunks : dict, optional
+        ``{}`` gives dask arrays, one per zarr chunk (xarray's ``chunks``); by default
+        variables load whole on first use.
 
     Raises
     ------
     RunError
         See :func:`check_run`; also for an incomplete run unless ``allow_incomplete``.
     """
-    root = check_run(path)
+    where = location(path)
+    root = check_run(where)
     if not (root.attrs["complete"] or allow_incomplete):
         done = int(np.count_nonzero(root["done"][...]))
         raise RunError(
-            f"{path}: incomplete run ({done} of {root.attrs['n_images']} images done); run the "
-            "extraction command that made it again to finish it"
+            f"{where}: incomplete run ({done} of {root.attrs['n_images']} images done); run "
+            "the extraction command that made it again to finish it"
         )
     import xarray as xr
 
-    tree = xr.open_datatree(path, engine="zarr", consolidated=False)
+    tree = xr.open_datatree(
+        where.zarr_store(read_only=True), engine="zarr", consolidated=False, chunks=chunks
+    )
     tree.attrs = run_attrs(tree.attrs)
     return tree
 
 
 def run_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """A run's root attrs under today's names (:data:`RENAMED_ATTRS`), with the attrs added
-    since it was made (:data:`ADDED_ATTRS`)."""
+    since it was made (:data:`ADDED_ATTRS`; ``keep_images``: all of its images)."""
     current = {**ADDED_ATTRS, **attrs}
     for old, new in RENAMED_ATTRS.items():
         if old in current and new not in current:
             current[new] = current.pop(old)
+    if current["keep_images"] is None:
+        current["keep_images"] = current.get("n_images")
     return current
 
 
-def check_compatible(path: str | Path, attrs: Mapping[str, Any]) -> None:
+def check_compatible(path: str | Path | Location, attrs: Mapping[str, Any]) -> None:
     """Refuse to resume the run at ``path`` with ``attrs`` that describe another computation.
 
     Every key of :data:`IDENTITY_ATTRS` present in ``attrs`` must equal the stored value.
     """
-    stored = run_attrs(check_run(path).attrs)
+    where = location(path)
+    stored = run_attrs(check_run(where).attrs)
     asked = json.loads(json.dumps(dict(attrs)))  # tuples -> lists, as the store holds them
     differences = []
     for key in IDENTITY_ATTRS:
@@ -492,7 +630,7 @@ def check_compatible(path: str | Path, attrs: Mapping[str, Any]) -> None:
             differences.append(f"  {key}: the run has {run_value}, asked for {asked_value}")
     if differences:
         raise RunError(
-            f"{path}: an existing run made with other options; resume it with its own "
+            f"{where}: an existing run made with other options; resume it with its own "
             "options or write to a new path:\n" + "\n".join(differences)
         )
 
@@ -507,7 +645,7 @@ class RunInfo:
     tests: tuple[str, ...] = ()  # the maps the perturbation test compares, if any
 
 
-def read_run(path: str | Path) -> RunInfo:
+def read_run(path: str | Path | Location) -> RunInfo:
     """Root attrs, stage layouts (from the group attrs) and image ids of a validated run."""
     root = check_run(path)
     layouts = []
@@ -521,7 +659,7 @@ def read_run(path: str | Path) -> RunInfo:
     return RunInfo(attrs, layouts, image_ids, tests)
 
 
-def pending_shards(path: str | Path) -> list[int]:
+def pending_shards(path: str | Path | Location) -> list[int]:
     """Shards with at least one image not ``done``: the work a (re)started run has left."""
     root = check_run(path)
     done = root["done"][...]
@@ -530,7 +668,7 @@ def pending_shards(path: str | Path) -> list[int]:
 
 
 def write_attention(
-    path: str | Path, stage: int, block: int, start: int, values: np.ndarray
+    path: str | Path | Location, stage: int, block: int, start: int, values: np.ndarray
 ) -> None:
     """Write the matrices of images ``start`` .. ``start + len(values)`` of one block.
 
@@ -544,7 +682,7 @@ def write_attention(
 
 
 def write_explanations(
-    path: str | Path,
+    path: str | Path | Location,
     start: int,
     predicted: np.ndarray,
     relevance: np.ndarray,
@@ -566,7 +704,12 @@ def write_explanations(
 
 
 def write_cls(
-    path: str | Path, stage: int, block: int, start: int, from_cls: np.ndarray, to_cls: np.ndarray
+    path: str | Path | Location,
+    stage: int,
+    block: int,
+    start: int,
+    from_cls: np.ndarray,
+    to_cls: np.ndarray,
 ) -> None:
     """Write a Vim block's CLS row (from CLS, r(b, key)) and column (to CLS, r(b, query))."""
     for name, values in zip(CLS_VARIABLES, (from_cls, to_cls), strict=True):
@@ -574,12 +717,14 @@ def write_cls(
 
 
 def write_shard(
-    path: str | Path,
+    path: str | Path | Location,
     shard: int,
     thumbnails: np.ndarray,
     partial_sums: Mapping[int, np.ndarray],
+    sketches: Mapping[int, np.ndarray] | None = None,
 ) -> None:
-    """Finish a shard whose attention is written: thumbnails, then partial sums, then ``done``.
+    """Finish a shard whose attention is written: thumbnails, sketches, then partial sums,
+    then ``done``.
 
     In that order, so a run killed at any point never has a ``done`` image whose data is
     missing; a shard not marked done is computed again and overwrites what it left.
@@ -590,25 +735,30 @@ def write_shard(
         The shard's images, in order.
     partial_sums : {stage: f64(n_blocks, L, L)}
         Σ over the shard's images of their float32 matrices, accumulated in float64.
+    sketches : {stage: f32(b, n_blocks, width)}, with ``keep`` "sketch"
     """
-    images = shard_images(zarr.open_group(path, mode="r").attrs, shard)
-    _array(path, "thumbnail")[images.start : images.stop] = thumbnails
+    where = location(path)
+    images = shard_images(zarr.open_group(where.zarr_store(), mode="r").attrs, shard)
+    _array(where, "thumbnail")[images.start : images.stop] = thumbnails
+    for stage, values in (sketches or {}).items():
+        _array(where, f"{stage_group(stage)}/sketch")[images.start : images.stop] = values
     for stage, sums in partial_sums.items():
-        _array(path, f"{stage_group(stage)}/partial_sum")[shard] = sums
-    _array(path, "done")[images.start : images.stop] = True
+        _array(where, f"{stage_group(stage)}/partial_sum")[shard] = sums
+    _array(where, "done")[images.start : images.stop] = True
 
 
-def finalise(path: str | Path) -> None:
+def finalise(path: str | Path | Location) -> None:
     """``attention_mean`` = Σ over shards of ``partial_sum`` / n (float64, cast to float32),
     mark the run complete, then drop the scratch sums. Safe to repeat after a kill."""
-    check_run(path)
-    root = zarr.open_group(path, mode="r+")
+    where = location(path)
+    check_run(where)
+    root = zarr.open_group(where.zarr_store(), mode="r+")
     attrs = root.attrs
     if not attrs["complete"]:
         done = root["done"][...]
         if not done.all():
             raise RunError(
-                f"{path}: cannot finalise, {done.size - np.count_nonzero(done)} of "
+                f"{where}: cannot finalise, {done.size - np.count_nonzero(done)} of "
                 f"{done.size} images are not done"
             )
         for stage in attrs["stages"]:
@@ -620,14 +770,16 @@ def finalise(path: str | Path) -> None:
                     total += partial[shard, block]
                 mean[block] = (total / attrs["n_images"]).astype(np.float32)
         root.attrs["complete"] = True
-    _remove_scratch(path, attrs["stages"])
-    # A write killed midway leaves the temporary file of zarr's LocalStore beside its
-    # target (``<name>.<uuid>.partial``, renamed into place when complete).
-    for stray in Path(path).rglob("*.partial"):
-        stray.unlink()
+    _remove_scratch(where, attrs["stages"])
+    if where.is_local:
+        # A write killed midway leaves the temporary file of zarr's LocalStore beside its
+        # target (``<name>.<uuid>.partial``, renamed into place when complete). An object
+        # store's PUT leaves nothing half written.
+        for stray in where.path.rglob("*.partial"):
+            stray.unlink()
 
 
-def _remove_scratch(path: str | Path, stages: Sequence[int]) -> None:
+def _remove_scratch(where: Location, stages: Sequence[int]) -> None:
     """Delete the ``partial_sum`` arrays of a complete run (up to GBs), or what is left of them.
 
     As files, not through zarr: a removal killed midway may leave chunks without the array's
@@ -636,8 +788,11 @@ def _remove_scratch(path: str | Path, stages: Sequence[int]) -> None:
     and two processes may remove at once.
     """
     for stage in stages:
-        shutil.rmtree(Path(path, stage_group(stage), "partial_sum"), ignore_errors=True)
+        try:
+            where.remove(f"{stage_group(stage)}/partial_sum")
+        except OSError:
+            pass
 
 
-def _array(path: str | Path, name: str) -> zarr.Array:
-    return zarr.open_array(path, path=name, mode="r+")
+def _array(path: str | Path | Location, name: str) -> zarr.Array:
+    return zarr.open_array(location(path).zarr_store(), path=name, mode="r+")

@@ -15,7 +15,7 @@ import torch
 from distributed import Client, LocalCluster
 
 from compute.__main__ import main
-from compute.extract import LOCAL_HTTP
+from compute.cluster import LOCAL_HTTP
 from mambapanel import models
 from mambapanel.models.checkpoint_file import read_checkpoint
 

@@ -183,14 +183,14 @@ def test_basic_auth_reaches_panel_intact_and_guards_page_and_websocket(small_run
 
 
 def test_the_command_line_and_environment_of_the_server(tmp_path):
-    command = serve_command([tmp_path / "run"], ServeOptions())
+    command = serve_command([tmp_path / "run", "s3://bucket/run"], ServeOptions())
     assert command[command.index("--address") + 1] == "127.0.0.1"
     assert command[command.index("--port") + 1] == "5006"
     assert [Path(part).name for part in command if part.endswith(".py")] == [
         "explorer.py",
         "compare.py",
     ]
-    assert command[command.index("--args") + 1 :] == [str(tmp_path / "run")]
+    assert command[command.index("--args") + 1 :] == [str(tmp_path / "run"), "s3://bucket/run"]
     environment = serve_environment(ServeOptions())
     allowed = "127.0.0.1:5006,localhost:5006,[::1]:5006"
     assert environment["BOKEH_ALLOW_WS_ORIGIN"] == allowed

@@ -101,6 +101,36 @@ def test_propagate_is_a_row_of_the_rollout():
     torch.testing.assert_close(explain.propagate(start, blocks[::-1]), expected)
 
 
+def test_propagate_in_row_blocks_converts_float32_matrices_without_losing_float64(monkeypatch):
+    """Matrices of float32 (as extraction computes them) propagate in float64 a few rows at
+    a time: the same as the rollout of the matrices converted whole."""
+    monkeypatch.setattr(explain, "_PROPAGATE_ELEMENTS", 14)  # 2 rows of 7 at a time
+    blocks = [b.float() for b in random_blocks(3, L=7, B=2)]
+    start = torch.softmax(torch.randn(2, 7, dtype=torch.float64), -1)
+    expected = (start[:, None, :] @ explain.rollout([b.double() for b in blocks]))[:, 0]
+    relevance = explain.propagate(start, blocks[::-1])
+    assert relevance.dtype == torch.float64
+    torch.testing.assert_close(relevance, expected, rtol=1e-12, atol=0)
+
+
+def test_relevance_maps_take_the_matrices_extraction_supplies_once_per_block():
+    torch.manual_seed(3)
+    model = models.build("vmamba-micro", num_classes=4)
+    with attention.capture(model, gradients=True) as cap:
+        logits = model(torch.randn(2, 3, 32, 32))
+        logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    asked = []
+
+    def supplied(stage, block):
+        asked.append((stage, block))
+        return cap.item_attention(stage, block)
+
+    maps = explain.relevance_maps(cap, attention=supplied)
+    assert sorted(asked) == sorted(cap.keys())  # each block once
+    for name, values in explain.relevance_maps(cap).items():
+        torch.testing.assert_close(maps[name], values, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ["vmamba-micro", "vim-micro"])
 def test_relevance_maps_of_a_model_equal_the_matrix_rollout(name):
     """The vector form on a real capture against full rollout matrices: VMamba's mean row

@@ -14,9 +14,12 @@ import zarr
 from distributed import LocalCluster
 from test_data import write_image
 
+import compute.extract
 from compute.__main__ import main
-from compute.extract import LOCAL_HTTP, report_disk
+from compute.cluster import LOCAL_HTTP
+from compute.extract import choose_keep, report_disk
 from mambapanel import attention, data, explain, extract, store
+from mambapanel.models.vmamba import SS2D
 from mambapanel.store import stage_group
 
 SIZE = 64  # vmamba-micro grids: 16x16, 8x8, 4x4, 2x2
@@ -150,9 +153,22 @@ def test_disk_report_before_a_run_offers_pool_for_a_large_stage(tmp_path, capsys
     report_disk(tmp_path / "run", plan, n_images=1000)
     printed = capsys.readouterr().out
     # 1000 images x 2 blocks x 3136² x 2 bytes, and one float64 sum per block and shard.
-    assert "    0   56x56    1      2   36.7 GiB    9.2 GiB" in printed
+    assert "    0   56x56    1      2   36.7 GiB          -    9.2 GiB" in printed
+    assert "keep all (--keep): every image's matrices, 39.1 GiB" in printed
     assert "hint: stage 0 needs 36.6 GiB; --pool 0:2 averages 2x2 patches" in printed
     assert "hint: stage 1 needs 2.3 GiB" in printed and "hint: stage 2" not in printed
+    assert choose_keep(plan, 1000) == "sketch" and choose_keep(plan, 100) == "all"
+
+    sketched = extract.with_keep(plan, "sketch")
+    report_disk(tmp_path / "run", sketched, n_images=1000, default_keep=True)
+    printed = capsys.readouterr().out
+    # The first 64 images' matrices, and 1000 x 2 blocks x 1,024 float32 numbers.
+    assert "    0   56x56    1      2    2.4 GiB    7.8 MiB    9.2 GiB" in printed
+    assert (
+        "keep sketch (the default: at least 10 GB of matrices): every image's matrices would "
+        "take 39.1 GiB" in printed
+    )
+    assert "hint" not in printed
 
 
 def test_a_complete_run_is_left_as_it_is_and_other_weights_are_refused(
@@ -189,10 +205,14 @@ def count_done(out):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, scheduler):
+@pytest.mark.parametrize("keep", ["all", "sketch"])
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, scheduler, keep):
     out = tmp_path / "killed"
     # Six one-image shards at 96 px: time to kill between the first image done and the last.
-    options = ["--size", "96", "--batch-size", "1", "--shard-size", "1", "--workers", "2"]
+    # Sketched: 64 numbers per block (stages 0-1 take the sketch's dense path, 2-3 its
+    # path for fewer rows than shifts), the matrices of the first 2 images.
+    kept = ["--keep", keep, *(["--keep-images", "2", "--sketch-dim", "64"] * (keep == "sketch"))]
+    options = [*kept, "--size", "96", "--batch-size", "1", "--shard-size", "1", "--workers", "2"]
     command = [sys.executable, "-m", "compute", *extract_args(out, folder, *options)]
     # Its own session: the kill reaches the client, the nannies and the workers at once.
     process = subprocess.Popen(
@@ -216,11 +236,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, sche
     assert main(extract_args(reference, folder, *reference_options)) == 0
     killed, whole = store.open_run(out), store.open_run(reference)
     for stage in range(4):
-        for name in ("attention", "attention_mean"):
+        names = ("attention", "attention_mean", *(["sketch"] * (keep == "sketch")))
+        for name in names:
             np.testing.assert_array_equal(
                 killed[stage_group(stage)][name].values, whole[stage_group(stage)][name].values
             )
         assert "partial_sum" not in killed[stage_group(stage)]
+        kept_images = np.isfinite(killed[stage_group(stage)]["attention"].values).all((1, 2, 3))
+        assert list(kept_images) == [True] * 2 + [keep == "all"] * 4
     np.testing.assert_array_equal(killed["thumbnail"].values, whole["thumbnail"].values)
 
     other_order = subprocess.run(
@@ -268,10 +291,70 @@ def test_a_vim_run_stores_the_explanations_a_direct_capture_gives(tmp_path, fold
     np.testing.assert_allclose(curves[:3, :, :, 0], curves[:3, :1, :1, 0].repeat(4, 1).repeat(2, 2))
 
 
-def test_no_explanations_stores_none(tmp_path, folder, scheduler):
+def test_no_explanations_stores_none_and_keep_defaults_by_the_estimate(
+    tmp_path, folder, scheduler, capsys, monkeypatch
+):
+    monkeypatch.setattr(compute.extract, "KEEP_ALL_BELOW_BYTES", 1)  # any run is "large"
     out = tmp_path / "plain"
     options = ["--no-explanations", "--stages", "3", "--scheduler", scheduler]
     assert main(extract_args(out, folder, *options)) == 0
+    assert "keep sketch (the default: at least 0 GB of matrices)" in capsys.readouterr().out
     tree = store.open_run(out)
+    assert tree.attrs["keep"] == "sketch"
     assert not tree.attrs["explanations"] and "relevance" not in tree.data_vars
     assert store.read_run(out).tests == ()
+
+
+def test_device_cuda_without_a_gpu_and_triton_on_the_cpu_are_refused_by_name(
+    tmp_path, folder, capsys, monkeypatch
+):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(extract_args(tmp_path / "gpu", folder, "--device", "cuda")) == 2
+    assert "--device cuda: this machine shows no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "gpu").exists()
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert main(extract_args(tmp_path / "triton", folder, "--backend", "triton")) == 2
+    assert "--backend triton runs on a GPU (--device cuda)" in capsys.readouterr().err
+
+
+def test_bfloat16_passes_leave_the_reconstruction_identity_exact():
+    """Under bfloat16 autocast the linears and convs round what the scans read (u is
+    bfloat16), and the scan itself runs in float32 (A is float32): the stored float32
+    attention reproduces each scan's output as in a float32 run, to float32 rounding."""
+    model = extract.build_model("vmamba-micro", None, None, seed=0)
+    with torch.no_grad(), attention.capture(model) as cap:
+        with extract.autocast(torch.device("cpu"), "bfloat16"):
+            model(torch.randn(2, 3, SIZE, SIZE))
+    for stage, block in cap.keys():
+        inputs = cap.inputs(stage, block)
+        assert inputs.u.dtype == torch.bfloat16
+        with extract.autocast(torch.device("cpu"), "bfloat16"):
+            y_model = SS2D.scan(inputs).flatten(2).double()  # as the forward ran it
+        alpha = cap.attention(stage=stage, block=block, reduce=None).double()  # float32
+        u = inputs.u.flatten(2).double()
+        skip = inputs.Ds.double().view(inputs.routes.shape[0], -1).sum(0)[None, :, None]
+        y = torch.einsum("bdij,bdj->bdi", alpha, u) + skip * u
+        assert (y - y_model).abs().max() < 1e-6 * y_model.abs().max()
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_a_run_on_the_triton_backend_stores_what_the_tiled_one_does(tmp_path, folder, scheduler):
+    """The Triton kernel, interpreted on the CPU (tests/conftest.py sets TRITON_INTERPRET=1
+    before the workers start), at the 4x4 and 2x2 grids of 32 px."""
+    runs = {}
+    for backend in ("tiled", "triton"):
+        runs[backend] = tmp_path / backend
+        options = ["--size", "32", "--stages", "2,3", "--n", "2", "--no-explanations",
+                   "--backend", backend, "--scheduler", scheduler]  # fmt: skip
+        assert main(extract_args(runs[backend], folder, *options)) == 0
+    tiled, triton = store.open_run(runs["tiled"]), store.open_run(runs["triton"])
+    assert triton.attrs["backend"] == "triton" and tiled.attrs["backend"] == "tiled"
+    for stage in (2, 3):
+        np.testing.assert_allclose(
+            triton[stage_group(stage)]["attention"].values,
+            tiled[stage_group(stage)]["attention"].values,
+            rtol=1e-4,
+            atol=1e-7,
+        )

@@ -106,9 +106,9 @@ def test_tsne_runs_after_pca_to_n_pca_for_wide_input(monkeypatch):
     calls = []
     real_pca = reduce.pca
 
-    def spy(features, n_components, *, seed=0):
+    def spy(features, n_components, *, seed=0, on_workers=False):
         calls.append((features.shape, n_components, seed))
-        return real_pca(features, n_components, seed=seed)
+        return real_pca(features, n_components, seed=seed, on_workers=on_workers)
 
     monkeypatch.setattr(reduce, "pca", spy)
     wide, _ = two_clusters(n_per_cluster=60)  # 120 points x 500 features
@@ -230,9 +230,9 @@ def embedded(monkeypatch):
     methods = []
     embed_resolved = reduce._embed_resolved
 
-    def spy(features, method, params, pca_cache):
+    def spy(features, method, params, pca_cache, **options):
         methods.append(method)
-        return embed_resolved(features, method, params, pca_cache)
+        return embed_resolved(features, method, params, pca_cache, **options)
 
     monkeypatch.setattr(reduce, "_embed_resolved", spy)
     return methods

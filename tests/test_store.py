@@ -236,7 +236,15 @@ def test_bytes_needed_counts_every_array():
     needed = store.bytes_needed(LAYOUTS, n_images=5, dtype="float16", shard_size=2)
     assert needed[0] == {
         "attention": 5 * 2 * 16**2 * 2,
+        "sketch": 0,
         "attention_mean": 2 * 16**2 * 4,
         "partial_sum": 3 * 2 * 16**2 * 8,
     }
     assert needed[1]["attention"] == 5 * 1 * 4**2 * 2
+    # Sketched: matrices of the first 2 images only, and a sketch of min(k, L²) per block.
+    sketched = store.bytes_needed(
+        LAYOUTS, n_images=5, dtype="float16", shard_size=2, keep_images=2, sketch_dim=64
+    )
+    assert sketched[0]["attention"] == 2 * 2 * 16**2 * 2
+    assert sketched[0]["sketch"] == 5 * 2 * 64 * 4  # 16² = 256 features > 64
+    assert sketched[1]["sketch"] == 5 * 1 * 4**2 * 4  # 16 features <= 64: kept whole

@@ -57,6 +57,7 @@ import xarray as xr
 import zarr
 
 from mambapanel import __version__
+from mambapanel.storage import Location, location
 from mambapanel.store import FINDINGS_GROUP, RunError, findings_group
 
 FINDINGS_VERSION = 1
@@ -67,7 +68,7 @@ STRING = object  # zarr v3 specifies variable-length strings, not numpy's fixed-
 
 
 def write_findings(
-    path: str | Path,
+    path: str | Path | Location,
     stages: Mapping[int, xr.Dataset],
     attrs: Mapping[str, Any],
     faithfulness: xr.Dataset | None = None,
@@ -78,15 +79,16 @@ def write_findings(
     The group's attrs (``findings_version`` among them) are written last, so a write that
     is killed midway leaves findings that read as absent, never half of them.
     """
-    root = zarr.open_group(path, mode="r+")
+    run = location(path).zarr_store()
+    root = zarr.open_group(run, mode="r+")
     if GROUP in root:
         del root[GROUP]
     root.create_group(GROUP)
     for stage, dataset in stages.items():
-        dataset.to_zarr(path, group=findings_group(stage), mode="w", consolidated=False)
+        dataset.to_zarr(run, group=findings_group(stage), mode="w", consolidated=False)
     if faithfulness is not None:
-        faithfulness.to_zarr(path, group=f"{GROUP}/{FAITHFULNESS}", mode="w", consolidated=False)
-    group = zarr.open_group(path, path=GROUP, mode="r+")
+        faithfulness.to_zarr(run, group=f"{GROUP}/{FAITHFULNESS}", mode="w", consolidated=False)
+    group = zarr.open_group(run, path=GROUP, mode="r+")
     group.attrs.update(
         # As JSON reads them back (tuples become lists), like the run's own attrs.
         json.loads(

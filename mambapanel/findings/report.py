@@ -5,7 +5,7 @@ findings, then write ``findings.md`` (markdown tables) and its PNG figures.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -23,26 +23,31 @@ from mambapanel.findings.tables import (
     order_section,
     run_sections,
 )
+from mambapanel.storage import Location, location
 from mambapanel.store import RunError, open_run
 
 REPORT = "findings.md"
 
 
 def report(
-    runs: Sequence[str | Path],
+    runs: Sequence[str | Path | Location],
     out: str | Path,
     *,
     window: int | None = None,
     seeds: int = SEEDS,
+    compute: Callable[[Sequence[Location], int | None, int], None] | None = None,
 ) -> Path:
     """Compute and store the findings of every run, then write ``out/findings.md`` (markdown
     tables) and its PNG figures (locality profiles per run, the cross-run order matrix).
 
     Parameters
     ----------
-    runs : paths of complete runs (``python -m compute extract``; ``reduce`` for the block
-        separation)
+    runs : paths or URLs of complete runs (``python -m compute extract``; ``reduce`` for the
+        block separation)
     out : the report's directory, created if missing
+    compute : ``compute(runs, window, seeds)`` computes and stores every run's findings
+        (:func:`mambapanel.findings.stage.compute_run`); default one run after the other
+        here, ``compute findings --scheduler`` on the workers
 
     Returns
     -------
@@ -64,15 +69,14 @@ def report(
         raise OptionError(f"window must be at least 1 patch, got {window}")
     if seeds < 1:
         raise OptionError(f"seeds must be at least 1, got {seeds}")
-    paths = [Path(run) for run in runs]
+    paths = [location(run) for run in runs]
     for path in paths:
         open_run(path)
     out = check_writable_folder(out, f"findings report {out}")
     names = run_names(paths)
+    (compute or compute_each)(paths, window, seeds)
     found = []
     for path, name in zip(paths, names, strict=True):
-        compute_run(path, window=window, seeds=seeds)
-        print(f"{path}: findings stored", flush=True)
         findings = read_findings(open_run(path), name)
         if findings is None:  # written just now: cannot be missing
             raise RunError(f"{path}: findings were written but cannot be read back")
@@ -82,13 +86,20 @@ def report(
     return document
 
 
-def run_names(paths: Sequence[Path]) -> list[str]:
-    """Each run's directory name, or its full path where two runs share a name."""
+def compute_each(paths: Sequence[Location], window: int | None, seeds: int) -> None:
+    """Compute and store the findings of every run, one after the other, here."""
+    for path in paths:
+        compute_run(path, window=window, seeds=seeds)
+        print(f"{path}: findings stored", flush=True)
+
+
+def run_names(paths: Sequence[Location]) -> list[str]:
+    """Each run's directory (or key) name, or its full path where two runs share a name."""
     names = [path.name for path in paths]
     return [str(path) if names.count(path.name) > 1 else path.name for path in paths]
 
 
-def markdown(found: Sequence[Findings], paths: Sequence[Path], out: Path) -> str:
+def markdown(found: Sequence[Findings], paths: Sequence[Location], out: Path) -> str:
     """The report's text; writes its figures into ``out`` as it goes."""
     parts = [
         "# Findings",
@@ -116,14 +127,14 @@ def markdown(found: Sequence[Findings], paths: Sequence[Path], out: Path) -> str
     return "\n\n".join(parts) + "\n"
 
 
-def runs_table(found: Sequence[Findings], paths: Sequence[Path]) -> pd.DataFrame:
+def runs_table(found: Sequence[Findings], paths: Sequence[Location]) -> pd.DataFrame:
     """One row per run: model, order, stages with findings, path."""
     frame = pd.DataFrame(
         {
             "model": [f.model for f in found],
             "order": [f.order for f in found],
             "stages": [", ".join(map(str, f.stages)) for f in found],
-            "path": [str(path.resolve()) for path in paths],
+            "path": [str(path) for path in paths],
         },
         index=[f.name for f in found],
     )

@@ -28,6 +28,7 @@ from mambapanel.findings.metrics import (
     sequence_distance,
 )
 from mambapanel.findings.record import RANDOM, STRING, write_findings
+from mambapanel.storage import Location
 from mambapanel.store import EMBEDDING_INTER, open_run, stage_group
 
 #: Orders whose "preceding patches" every run is measured against (the paper's three, the
@@ -147,7 +148,7 @@ def stage_findings(
 
 
 def compute_run(
-    path: str | Path,
+    path: str | Path | Location,
     *,
     window: int | None = None,
     seeds: int = SEEDS,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mambapanel.storage import Location, location
 from mambapanel.store import RunError, check_run, open_run
 
 if TYPE_CHECKING:
@@ -64,8 +65,11 @@ class RunData:
         path).
     """
 
-    def __init__(self, path: str | Path, name: str | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Location, name: str | None = None) -> None:
+        # A URL (s3://, gs://) opens through fsspec, with the FSSPEC_<SCHEME>_* variables of
+        # the server's environment or the options of a Location.
+        url = isinstance(path, Location) or "://" in str(path)
+        self.path = location(path) if url else Path(path)
         self.name = name or self.path.name
         self._inter: dict[tuple[int, str], Embedding] = {}
         self._intra: dict[tuple[int, int, str], Embedding] = {}
@@ -231,7 +235,8 @@ class RunData:
         return np.transpose(values, [kept.index(name) for name in dims])
 
 
-RunsLike = str | Path | RunData | Sequence[str | Path | RunData] | Mapping[str, str | Path]
+Run = str | Path | Location
+RunsLike = Run | RunData | Sequence[Run | RunData] | Mapping[str, Run]
 
 
 def load_runs(runs: RunsLike) -> dict[str, RunData]:
@@ -239,7 +244,7 @@ def load_runs(runs: RunsLike) -> dict[str, RunData]:
 
     Parameters
     ----------
-    runs : a path or ``RunData``, a sequence of them, or a mapping {name: path}
+    runs : a path, URL or ``RunData``, a sequence of them, or a mapping {name: path}
         A name defaults to the directory name; directories with the same name are told
         apart by their full path.
 
@@ -248,7 +253,7 @@ def load_runs(runs: RunsLike) -> dict[str, RunData]:
     mambapanel.store.RunError
         No run given, or the same run twice.
     """
-    if isinstance(runs, str | Path | RunData):
+    if isinstance(runs, str | Path | Location | RunData):
         runs = [runs]
     if isinstance(runs, Mapping):
         return {

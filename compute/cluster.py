@@ -1,0 +1,309 @@
+"""The Dask cluster of every command: a LocalCluster (one worker per GPU when the run is on
+CUDA) or a scheduler's address; the worker plugin that pins torch threads and gives them
+back; checks that the workers see what they need; a lost scheduler as one line to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, Worker, WorkerPlugin
+from distributed.client import FutureCancelledError
+from distributed.comm.core import CommClosedError
+
+from mambapanel.errors import MambapanelError, OptionError
+from mambapanel.storage import Location
+
+# The scheduler's HTTP server (dashboard_address=None does not turn it off): on loopback and
+# a free port, so that two local clusters never collide and none listens beyond this machine.
+LOCAL_HTTP = "127.0.0.1:0"
+LOCAL_WORKERS = 2  # CPU worker processes of a LocalCluster, by default
+TORCH_THREADS_PLUGIN = "mambapanel-torch-threads"
+# Checkpoints up to this size go to the workers by content (one copy per worker, in memory):
+# a remote worker then needs no copy of the file. Larger ones are read from the path.
+SEND_CHECKPOINT_BYTES = 512 * 2**20
+
+# The torch thread count a worker process had before the first TorchThreads set it.
+_threads_before: int | None = None
+
+
+class ClusterError(MambapanelError, RuntimeError):
+    """A cluster that cannot do the work: a lost scheduler, workers that cannot see a path or
+    lack the device asked for. The message names the worker, the path or the cause."""
+
+
+class TorchThreads(WorkerPlugin):
+    """Torch intra-op threads per worker: parallelism comes from Dask tasks (one per Dask
+    thread), so torch keeps to ``threads`` and workers do not oversubscribe the cores.
+
+    Registered once per cluster, under one fixed name, by the first client that finds it
+    missing (:func:`connect`); its teardown (that client unregisters it on leaving) gives
+    the worker back the thread count it had before.
+    """
+
+    name = TORCH_THREADS_PLUGIN
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+
+    def setup(self, worker: Worker) -> None:
+        import torch
+
+        global _threads_before
+        if _threads_before is None:
+            _threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+
+    def teardown(self, worker: Worker) -> None:
+        import torch
+
+        global _threads_before
+        if _threads_before is not None:
+            torch.set_num_threads(_threads_before)
+            _threads_before = None
+
+
+def gpu_cluster(workers: int, visible: Sequence[str]) -> SpecCluster:
+    """A local cluster of ``workers`` single-thread processes, worker i seeing only GPU
+    ``visible[i]`` (its ``CUDA_VISIBLE_DEVICES``, set before it imports torch), so that each
+    worker's ``cuda`` is its own device. What dask-cuda's LocalCUDACluster does, without a
+    package that pins its own dask and distributed versions."""
+    if not 1 <= workers <= len(visible):
+        raise OptionError(
+            f"--workers {workers}: one worker per GPU, and this machine shows {len(visible)} "
+            f"({', '.join(visible) or 'none'})"
+        )
+    spec = {
+        f"gpu-{device}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "host": "127.0.0.1",
+                "env": {"CUDA_VISIBLE_DEVICES": device},
+            },
+        }
+        for device in visible[:workers]
+    }
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"host": "127.0.0.1", "dashboard_address": LOCAL_HTTP},
+    }
+    return SpecCluster(workers=spec, scheduler=scheduler)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (all, 0..n-1,
+    when it is unset)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [name.strip() for name in listed.split(",") if name.strip()][:count]
+
+
+@contextmanager
+def connect(
+    scheduler: str | None,
+    workers: int | None = None,
+    *,
+    device: str = "cpu",
+    command: str | None = None,
+) -> Iterator[Client]:
+    """A client of ``scheduler``, or of a local cluster: ``workers`` single-thread CPU
+    processes (default 2), or with ``device`` "cuda" one process per GPU (default all).
+    Torch threads are pinned while the client is connected (:class:`TorchThreads`).
+
+    A scheduler lost meanwhile ends the block with a :class:`ClusterError` that names the
+    cause and ``command``, the command line that resumes the work.
+    """
+    quiet = logging.getLogger("distributed.client")
+    level = quiet.level
+    if scheduler is not None:
+        if workers is not None:
+            raise OptionError("--workers starts a local cluster; with --scheduler, start workers")
+        cluster = None
+    elif device == "cuda":
+        gpus = visible_gpus()
+        if not gpus:
+            import torch
+
+            raise OptionError(
+                f"--device cuda: this machine shows no CUDA device (torch {torch.__version__}"
+                f"{'' if torch.version.cuda else ', a build without CUDA'}); use --device cpu, "
+                "or --scheduler with GPU workers"
+            )
+        cluster = gpu_cluster(workers or len(gpus), gpus)
+    else:
+        cluster = LocalCluster(
+            n_workers=workers or LOCAL_WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=LOCAL_HTTP,
+        )
+    try:
+        with cluster or _nothing(), Client(cluster or scheduler) as client:
+            address = client.scheduler.address
+            # Losing the scheduler is reported below in one line; distributed would log its
+            # reconnection attempts with a traceback first.
+            quiet.setLevel(logging.CRITICAL)
+            # The first client of a cluster registers the plugin and removes it on leaving;
+            # a client that finds it registered (another client's work still running)
+            # leaves it alone, so that the workers keep their pinned threads meanwhile.
+            owner = not client.run_on_scheduler(_has_torch_threads)
+            try:
+                if owner:
+                    client.register_plugin(TorchThreads(), name=TORCH_THREADS_PLUGIN)
+                yield client
+            except MambapanelError:
+                raise
+            except Exception as err:
+                if _lost(err, client):
+                    raise ClusterError(_lost_message(address, err, command)) from None
+                raise
+            finally:
+                if owner and client.status == "running":
+                    _unregister(client)
+    except OSError as err:  # the scheduler could not be reached at all
+        if scheduler is None:
+            raise
+        raise ClusterError(
+            f"cannot reach the Dask scheduler {scheduler} ({type(err).__name__}: {err}); "
+            "start it (dask scheduler) and its workers (dask worker ADDRESS), or leave out "
+            "--scheduler for a local cluster"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _has_torch_threads(dask_scheduler: Scheduler) -> bool:
+    return TORCH_THREADS_PLUGIN in dask_scheduler.worker_plugins
+
+
+def _unregister(client: Client) -> None:
+    """Remove the torch threads plugin (its teardown restores the workers' thread count),
+    unless someone removed it already (the scheduler would log that as an error)."""
+    if client.run_on_scheduler(_has_torch_threads):
+        client.unregister_worker_plugin(TORCH_THREADS_PLUGIN)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _lost(error: BaseException, client: Client) -> bool:
+    """Whether ``error`` says that the client lost its scheduler (not that a task failed)."""
+    if isinstance(error, FutureCancelledError):
+        return error.reason == "scheduler-connection-lost"
+    connection = (CommClosedError, OSError, TimeoutError, FutureCancelledError)
+    return isinstance(error, connection) and client.status != "running"
+
+
+def _lost_message(address: str, error: BaseException, command: str | None) -> str:
+    cause = getattr(error, "reason", None) or f"{type(error).__name__}: {error}".splitlines()[0]
+    resume = (
+        f"; the run keeps what is done: start a scheduler and its workers again and resume "
+        f"with: {command}"
+        if command
+        else ""
+    )
+    return f"lost the Dask scheduler {address} ({cause}){resume}"
+
+
+def workers_device(client: Client, device: str) -> str:
+    """The device every worker computes on: ``device`` ("cpu", "cuda"), checked on each
+    worker, or for "auto" cuda when every worker sees a CUDA device, else cpu."""
+    found = client.run(_cuda_devices)
+    if device == "auto":
+        return "cuda" if found and all(found.values()) else "cpu"
+    if device == "cuda":
+        missing = sorted(_named(client, worker) for worker, count in found.items() if not count)
+        if missing:
+            raise ClusterError(
+                f"the run computes on cuda, and worker(s) {', '.join(missing)} see no CUDA "
+                "device; start those workers on GPU machines, or use --device cpu (a new run)"
+            )
+    return device
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_workers_see(client: Client, paths: dict[str, str]) -> None:
+    """Refuse, naming each worker and what it misses, when a worker cannot see one of
+    ``paths`` ({what: local path}): workers open them at the path the client gives."""
+    if not paths:
+        return
+    found = client.run(_missing, list(paths.values()))
+    lines = []
+    for worker, missing in sorted(found.items()):
+        names = [f"{path} ({what})" for what, path in paths.items() if path in missing]
+        if names:
+            lines.append(f"  worker {_named(client, worker)} cannot see {', '.join(names)}")
+    if lines:
+        raise ClusterError(
+            "the workers need shared storage at the same path as this machine (the README's "
+            "Running on a Dask cluster):\n" + "\n".join(lines)
+        )
+
+
+def _named(client: Client, worker: str) -> str:
+    """A worker's address, with its name when it was given one (``dask worker --name``)."""
+    name = client.scheduler_info(n_workers=-1)["workers"].get(worker, {}).get("name")
+    return worker if name is None or str(name) == worker else f"{worker} ({name})"
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [path for path in paths if not os.path.exists(path)]
+
+
+def check_workers_reach(client: Client, where: Location) -> None:
+    """Refuse, naming each worker and its error, when a worker cannot read the run at the
+    URL ``where`` (a missing package, credentials, the endpoint)."""
+    found = client.run(_reach, where)
+    lines = [
+        f"  worker {_named(client, worker)}: {error}"
+        for worker, error in sorted(found.items())
+        if error
+    ]
+    if lines:
+        raise ClusterError(
+            f"the workers cannot reach the run {where}; each needs the fsspec package of its "
+            "scheme and the storage options or credentials (the README's Running on a Dask "
+            "cluster):\n" + "\n".join(lines)
+        )
+
+
+def _reach(where: Location) -> str | None:
+    try:
+        if not where.exists("zarr.json"):
+            return f"no zarr.json at {where}"
+    except Exception as err:  # any fsspec backend's error: reported by the client
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def run_tasks(
+    client: Client,
+    function: Callable[..., Any],
+    arguments: Sequence[tuple],
+    on_done: Callable[[Any], object] = lambda result: None,
+) -> list[Any]:
+    """``function(*arguments[i])`` for every i on the cluster; ``on_done(result)`` as each
+    finishes; the results in order. ``pure=False``: a fresh key per submission, so that a
+    scheduler that outlived an earlier (killed) client never answers from a stale result."""
+    from distributed import as_completed
+
+    futures = [client.submit(function, *args, pure=False) for args in arguments]
+    for future in as_completed(futures):
+        on_done(future.result())
+    return [future.result() for future in futures]
