@@ -19,7 +19,7 @@ from mambapanel.views.data import RunData, RunsLike, load_runs
 from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
 from mambapanel.views.scatter import ScatterView
-from mambapanel.views.style import SCALES
+from mambapanel.views.style import BUTTON_HEIGHT, SCALES
 from mambapanel.views.url import Address
 from mambapanel.views.widgets import image_chooser, linked_menu
 
@@ -344,7 +344,7 @@ class Explorer(pn.viewable.Viewer):
             ),
             select("method", "DR method", 90),
             pn.widgets.RadioButtonGroup.from_param(
-                self.param.scale, color="light", width=110, margin=(25, 5)
+                self.param.scale, color="light", width=110, height=BUTTON_HEIGHT, margin=(25, 5)
             ),
             image_chooser(self, lambda: self.data.image_ids, ["run"]),
             select("compare", "compare", 130),

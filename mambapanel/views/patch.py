@@ -15,6 +15,7 @@ from mambapanel.views.hold import held
 from mambapanel.views.inplace import Drawn, write_columns
 from mambapanel.views.style import (
     ATTENTION_CMAP,
+    BUTTON_HEIGHT,
     GREY,
     OUTLINE,
     RED,
@@ -113,7 +114,7 @@ class PatchView(pn.viewable.Viewer):
         self.tap: hv.streams.Tap | None = None
         self._plot = pn.Column()
         self._display = pn.widgets.RadioButtonGroup.from_param(
-            self.param.display, color="light", width=FRAME
+            self.param.display, color="light", width=FRAME, height=BUTTON_HEIGHT
         )
         self._build()
 

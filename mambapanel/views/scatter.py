@@ -16,7 +16,14 @@ from mambapanel.views.data import Embedding, Patch, RunData
 from mambapanel.views.geometry import PointIndex
 from mambapanel.views.hold import held
 from mambapanel.views.inplace import Drawn, write_columns
-from mambapanel.views.style import COLUMN_CMAP, HIGHLIGHT, block_colours, hex_colours, named
+from mambapanel.views.style import (
+    BUTTON_HEIGHT,
+    COLUMN_CMAP,
+    HIGHLIGHT,
+    block_colours,
+    hex_colours,
+    named,
+)
 
 FRAME_WIDTH, FRAME_HEIGHT = 380, 330  # pixels of the plotting area
 # Mode 2 point sizes in screen pixels: row 0 smallest, the last row largest (the paper's
@@ -93,7 +100,9 @@ class ScatterView(pn.viewable.Viewer):
         self.points: Embedding | None = None
         self._index: PointIndex | None = None
         self._highlighted: Drawn | None = None  # the highlight's plots (Bokeh glyphs only)
-        self._clear = pn.widgets.Button(label="Clear selection", color="light", width=130)
+        self._clear = pn.widgets.Button(
+            label="Clear selection", color="light", width=130, height=BUTTON_HEIGHT
+        )
         self._clear.on_click(lambda _: self.clear())
         self._plot = pn.Column()
         self._build()

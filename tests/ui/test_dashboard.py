@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 from served import Server
 
 from mambapanel.views import export
@@ -304,3 +304,30 @@ def test_a_bad_run_path_shows_the_message(page: Page, tmp_path: Path) -> None:
         expect(page.get_by_text("Traceback")).to_have_count(0)
     finally:
         server.stop()
+
+
+def frames(page: Page) -> dict[str, list[float]]:
+    """Where each figure's frame is drawn: {name: [left, top, width, height]}."""
+    return {
+        name: [shown[key] for key in ("left", "top", "width", "height")]
+        for name in ("scatterplot", "patch-view", "image-view")
+        for shown in [figure(page, name)]
+    }
+
+
+def test_the_figures_are_where_they_are_with_or_without_the_stylesheets(
+    browser: Browser, explorer_server: Server
+) -> None:
+    """A busy server sends the stylesheets after the browser has drawn the figures; a
+    widget that grew when they came moved the figures below it, under a user's click."""
+    placed = []
+    for styled in (True, False):
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        page = context.new_page()
+        if not styled:
+            page.route(re.compile(r"\.css(\?|$)"), lambda route: route.abort())
+        open_explorer(page, explorer_server, "stage=1&block=0&method=pca")
+        figure(page, "image-view")
+        placed.append(frames(page))
+        context.close()
+    assert placed[0] == placed[1]
