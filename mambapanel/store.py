@@ -401,7 +401,9 @@ def check_run(path: str | Path) -> zarr.Group:
         raise RunError(f"{path}: no such run (the path does not exist)")
     try:
         root = zarr.open_group(path, mode="r")
-    except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
+    except (FileNotFoundError, ValueError) as err:  # zarr's errors and JSON's are ValueErrors
+        if (path / "zarr.json").is_file():
+            raise _damaged(path / "zarr.json", err) from err
         raise RunError(f"{path}: not a run (not a zarr store: {err})") from err
     found = root.attrs.get("format")
     if found != FORMAT:
@@ -426,12 +428,35 @@ def check_run(path: str | Path) -> zarr.Group:
         name = stage_group(stage)
         if name not in root:
             raise RunError(f"{path}: no group {name!r} (attribute 'stages' lists stage {stage})")
-        _require(path, root[name], name, stage_variables)
+        _require(path, read_member(path, root, name), name, stage_variables)
     return root
 
 
+def read_member(path: str | Path, group: zarr.Group, name: str) -> zarr.Group | zarr.Array:
+    """``group[name]`` in the run at ``path``, for a name the group lists; a ``zarr.json``
+    that cannot be read is a RunError naming the file.
+
+    Raises
+    ------
+    RunError
+        The member's metadata file is not valid zarr v3 metadata (not JSON, or not a node).
+    """
+    try:
+        return group[name]
+    except ValueError as err:  # json.JSONDecodeError and zarr's MetadataValidationError
+        raise _damaged(Path(path, group.path, name, "zarr.json"), err) from err
+
+
+def _damaged(metadata: Path, err: Exception) -> RunError:
+    return RunError(
+        f"{metadata}: damaged metadata, not a zarr v3 node ({type(err).__name__}: {err})"
+    )
+
+
 def _require(path: Path, group: zarr.Group, name: str, variables: Sequence[str]) -> None:
-    present = set(group.keys())  # one listing, not one metadata read per variable
+    # A listing of the members' directories: zarr's would read every member's zarr.json,
+    # and one that is damaged is better named where it is read (read_member).
+    present = {metadata.parent.name for metadata in Path(path, group.path).glob("*/zarr.json")}
     for variable in variables:
         if variable not in present:
             raise RunError(f"{path}: group {name!r} has no variable {variable!r}")

@@ -6,12 +6,15 @@ here, on the server.
 
 from __future__ import annotations
 
+from html import escape
+
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
 
+from mambapanel.store import RunError
 from mambapanel.views.data import Embedding, Patch, RunData
 from mambapanel.views.geometry import PointIndex
 from mambapanel.views.hold import held
@@ -189,8 +192,11 @@ class ScatterView(pn.viewable.Viewer):
                 self.points = self.run.inter_embedding(self.stage, self.method)
             else:
                 self.points = self.run.intra_embedding(self.stage, self.block, self.method)
-        except KeyError as err:
-            self._plot[:] = [pn.pane.Alert(str(err.args[0]), alert_type="warning")]
+        except KeyError as err:  # not stored (yet): what to run is in the message
+            self._plot[:] = [pn.pane.Alert(escape(str(err.args[0])), alert_type="warning")]
+            return
+        except RunError as err:  # damaged
+            self._plot[:] = [pn.pane.Alert(escape(str(err)), alert_type="danger")]
             return
         self._index = PointIndex(self.points.x, self.points.y)
         frame = self._frame()
