@@ -13,6 +13,7 @@ from test_views import _rendered
 
 from mambapanel.store import RunError, check_run
 from mambapanel.views import Explorer, RunData, dashboard
+from mambapanel.views.findings import FindingsView
 
 MEAN_CHUNK = Path("stage1/attention_mean/c/0/0/0")  # block 0: every query row of it
 IMAGE_CHUNK = Path("stage1/attention/c/0/0/0/0")  # image 0, block 0
@@ -122,3 +123,11 @@ def test_a_run_with_damaged_root_metadata_is_named_in_the_page(runs):
     message = page.objects[1].object
     assert f"{runs['root'] / 'zarr.json'}: damaged metadata" in message
     assert "Expecting" in message  # what the JSON parser found
+
+
+def test_the_findings_tab_names_a_run_that_cannot_be_opened(runs, small_run):
+    view = FindingsView({"good": small_run, "root": runs["root"]})
+    assert view.stage is None  # neither run has findings
+    assert "python -m compute findings" in view.tabs[0].object
+    assert "zarr.json: damaged metadata" in view.tabs[1].object
+    assert view.tabs[1].alert_type == "danger"

@@ -425,6 +425,17 @@ def test_the_findings_tab_reads_the_findings_when_first_opened(small_run, tmp_pa
     assert tabs[1][0] is shown  # read once
 
 
+def test_the_findings_tab_of_a_run_without_findings_says_how_to_add_them(small_run):
+    """The README's workflow (extract, reduce, serve) stores no findings."""
+    tabs = Explorer(small_run).__panel__()[1]
+    tabs.active = 1
+    shown = tabs[1][0]  # the FindingsView's layout
+    texts = [pane.object for pane in shown.select(pn.pane.Markdown)]
+    assert any(f"python -m compute findings {small_run}" in text for text in texts)
+    assert shown.select(pn.widgets.Select)[0].value is None  # no stage to show
+    assert pn.panel(shown).get_root().children
+
+
 def test_sessions_share_what_they_read_and_nobody_writes_it(small_run):
     shared = SharedReads(max_bytes=2**20)
     mine, yours = RunData(small_run, shared=shared), RunData(small_run, "yours", shared=shared)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import xarray as xr
     import zarr
 
-    from mambapanel.findings import Findings
+    from mambapanel.findings.record import Findings
 
 T = TypeVar("T")
 Patch = tuple[int, int]
@@ -230,9 +230,9 @@ class RunData:
         return open_run(self.path)
 
     def findings(self) -> Findings | None:
-        """The run's stored findings (:func:`mambapanel.findings.read_findings`), None
+        """The run's stored findings (:func:`mambapanel.findings.record.read_findings`), None
         before ``python -m compute findings``."""
-        from mambapanel.findings import read_findings
+        from mambapanel.findings.record import read_findings
 
         return self._shared(("findings", self.name), lambda: read_findings(self.tree, self.name))
 

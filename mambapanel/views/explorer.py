@@ -6,6 +6,7 @@ export. ``Explorer(run)`` is the dashboard and a notebook cell's value alike.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
@@ -26,6 +27,8 @@ from mambapanel.views.widgets import image_chooser, linked_menu
 ALL_BLOCKS = "all (Mode 1)"
 COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
 STATUS_PATCHES = 40  # selected patches listed by name in the status line
+
+log = logging.getLogger(__name__)
 
 
 def _update(view: param.Parameterized, values: dict) -> None:
@@ -128,7 +131,12 @@ class Explorer(pn.viewable.Viewer):
             if event.new == 1 and len(findings) == 1 and isinstance(findings[0], pn.pane.HTML):
                 from mambapanel.views.findings import FindingsView
 
-                findings[:] = [FindingsView(self.runs)]
+                try:
+                    findings[:] = [FindingsView(self.runs)]
+                except Exception as err:  # shown, not only logged: the tab would say "Reading"
+                    log.exception("mambapanel: the findings could not be shown")
+                    message = escape(f"The findings could not be shown: {err!r}")
+                    findings[:] = [pn.pane.Alert(message, alert_type="danger")]
 
         tabs.param.watch(open_findings, "active")
         return pn.Column(
