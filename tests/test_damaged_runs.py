@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import panel as pn
 import pytest
 from test_views import _rendered
 
@@ -17,6 +18,7 @@ from mambapanel.views.findings import FindingsView
 
 MEAN_CHUNK = Path("stage1/attention_mean/c/0/0/0")  # block 0: every query row of it
 IMAGE_CHUNK = Path("stage1/attention/c/0/0/0/0")  # image 0, block 0
+INTRA_CHUNK = Path("stage1/embedding_intra/c/0/0/0/0")  # method 0 (pca), block 0
 
 
 def damaged(small_run: Path, where: Path, name: str, damage) -> Path:
@@ -42,6 +44,13 @@ def runs(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
             lambda run: (run / "stage1/attention_mean/zarr.json").write_text(""),
         ),
         "root": damaged(small_run, where, "root", lambda run: (run / "zarr.json").write_text("{")),
+        "embedding": damaged(
+            small_run, where, "embedding", lambda run: (run / INTRA_CHUNK).unlink()
+        ),
+        "inter": damaged(
+            small_run, where, "inter",
+            lambda run: (run / "stage1/embedding_inter/zarr.json").write_text("[1,"),
+        ),
     }  # fmt: skip
 
 
@@ -131,3 +140,51 @@ def test_the_findings_tab_names_a_run_that_cannot_be_opened(runs, small_run):
     assert "python -m compute findings" in view.tabs[0].object
     assert "zarr.json: damaged metadata" in view.tabs[1].object
     assert view.tabs[1].alert_type == "danger"
+
+
+@pytest.mark.parametrize(
+    ("name", "block", "expected"),
+    [
+        ("embedding", 0, f"stage1/embedding_intra: chunk file {INTRA_CHUNK} is missing"),
+        ("inter", None, "stage1/embedding_inter/zarr.json: damaged metadata"),
+    ],
+)
+def test_a_damaged_embedding_is_named_in_place_of_the_scatterplot(runs, name, block, expected):
+    explorer = Explorer(runs[name], stage=1, block=block, method="pca")
+    document = _rendered(explorer)
+    side = explorer.sides[0]
+    shown = side.scatter._plot.objects
+    assert [type(pane) for pane in shown] == [pn.pane.Alert]
+    assert shown[0].alert_type == "danger"
+    assert str(runs[name]) in shown[0].object
+    assert expected in shown[0].object
+    assert document.select_one({"name": "scatterplot"}) is None
+    # Without points nothing is selected, and clearing or selecting does not fail.
+    side.scatter.clear()
+    side.scatter.select_patches([(0, 0)])
+    assert explorer.selection == []
+    # The patch and image views work: a click on the patch view opens a patch.
+    explorer.block = 1
+    side.patches.tap.event(x=5, y=2)
+    assert explorer.patch == (2, 5)
+    assert side.patches._content()[1] == "block 1: attention from (2, 5)"
+    assert side.image.attention().shape == (8, 8)
+    assert type(side.scatter._plot.objects[0]) is pn.pane.HoloViews  # block 1's is whole
+    explorer.block = block
+    assert type(side.scatter._plot.objects[0]) is pn.pane.Alert
+
+
+def test_a_run_that_cannot_be_opened_is_named_escaped(runs, small_run):
+    """Names and messages shown in the page are text: a run named like markup stays text."""
+    name = "<img src=x onerror=alert(1)>"
+    explorer = Explorer({"good": small_run, name: runs["root"]}, stage=1, block=0)
+    explorer.run = name
+    assert explorer.run == "good"  # the last run shown comes back
+    shown = explorer.run_problem.object
+    assert explorer.run_problem.visible
+    assert "<img" not in shown and "&lt;img src=x onerror=alert(1)&gt;" in shown
+    assert "zarr.json: damaged metadata" in shown
+    explorer.param.update(compare="runs", run_b=name)  # beside the good run: named there
+    beside = explorer.sides[1].problem
+    assert beside.visible
+    assert "<img" not in beside.object and "&lt;img src=x onerror=alert(1)&gt;" in beside.object

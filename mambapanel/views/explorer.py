@@ -161,8 +161,10 @@ class Explorer(pn.viewable.Viewer):
         try:
             run = self.data.open()
         except RunError as err:
-            self.run = self._opened
-            self.run_problem.param.update(object=f"Cannot show run {err}", visible=True)
+            name, self.run = self.run, self._opened
+            # Escaped: a run's name and what was found in its files are text, not markup.
+            message = escape(f"Cannot show run {name}: {err}")
+            self.run_problem.param.update(object=message, visible=True)
             return
         self._opened = self.run
         self.run_problem.visible = False
@@ -233,7 +235,7 @@ class Explorer(pn.viewable.Viewer):
         try:
             run.open()
         except RunError as err:
-            return str(err)
+            return f"Cannot show run {run.name}: {err}"
         if self.stage not in run.stages:
             return f"{run.name} stores stages {run.stages}, not stage {self.stage}"
         if run.grid(self.stage) != self.data.grid(self.stage):
@@ -260,7 +262,8 @@ class Explorer(pn.viewable.Viewer):
             for index, side in enumerate(self.shown):
                 run, block = self._side_values(index)
                 problem = self._problem(run)
-                side.problem.param.update(object=problem or "", visible=problem is not None)
+                shown = escape(problem or "")  # names a run: text, not markup
+                side.problem.param.update(object=shown, visible=problem is not None)
                 if problem is not None:
                     continue
                 for view, values in zip(side.views(), self._view_values(run, block), strict=True):
