@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from mambapanel.store import RunError, check_run, open_run, read_member
+from mambapanel.store import (
+    EMBEDDING_INTER,
+    EMBEDDING_INTRA,
+    RunError,
+    check_run,
+    open_run,
+    read_member,
+    stage_group,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -272,7 +280,7 @@ class RunData:
 
         def read() -> list[str]:
             group = self._stage_group(stage)
-            if "embedding_intra" not in group or "method" not in group:
+            if EMBEDDING_INTRA not in group or "method" not in group:
                 return []
             return [str(method) for method in self._read(group, "method").tolist()]
 
@@ -293,7 +301,7 @@ class RunData:
         """Mode 1: the m x n points of ``embedding_inter`` (one per image and block)."""
 
         def read() -> Embedding:
-            values = self._embedding(stage, "embedding_inter", method, ("image", "block", "xy"))
+            values = self._embedding(stage, EMBEDDING_INTER, method, ("image", "block", "xy"))
             n_images, n_blocks, _ = values.shape
             image, block = np.divmod(np.arange(n_images * n_blocks), n_blocks)
             points = values.reshape(-1, 2).astype(np.float64)
@@ -305,7 +313,7 @@ class RunData:
         """Mode 2: the p² points of ``embedding_intra`` of one block (one per query patch)."""
 
         def read() -> Embedding:
-            values = self._embedding(stage, "embedding_intra", method, ("query", "xy"), block=block)
+            values = self._embedding(stage, EMBEDDING_INTRA, method, ("query", "xy"), block=block)
             row, col = np.divmod(np.arange(len(values)), self.grid(stage)[1])
             points = values.astype(np.float64)
             return Embedding(points[:, 0], points[:, 1], row=row, col=col).frozen()
@@ -340,7 +348,7 @@ class RunData:
         if stage not in self.stages:
             raise KeyError(f"{self.path}: stores stages {self.stages}, not stage {stage}")
         return self._shared(
-            ("group", stage), lambda: read_member(self.path, self.root, f"stage{stage}")
+            ("group", stage), lambda: read_member(self.path, self.root, stage_group(stage))
         )
 
     def _stage_attrs(self, stage: int) -> dict:
