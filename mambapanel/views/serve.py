@@ -16,12 +16,6 @@ Why not a thread: one importing HoloViews while Panel's own code imports a part 
 (``panel.util.checks.is_holoviews``) can meet a partly initialised module; that happened.
 Why not ``defer_load``: it builds only once the browser has loaded the page, which is later.
 
-Many pages at once: the dashboards are built one at a time, in the order their pages were
-asked for, so that the first users see theirs first. And a page whose browser asked for it
-before its dashboard was built gets the dashboard once the browser says the page is ready:
-Panel drops the changes made to a page in between (the page goes out whole when asked for,
-so they seemed redundant), and such a page kept its loading indicator for ever.
-
 This module imports Panel alone (``mambapanel.views`` imports its names lazily for it).
 """
 
@@ -33,12 +27,9 @@ import gc
 import importlib
 import logging
 from collections.abc import Sequence
-from functools import partial
 from html import escape
 
 import panel as pn
-from bokeh.document import Document
-from bokeh.document.locking import without_document_lock
 from panel.io.state import set_curdoc
 
 log = logging.getLogger(__name__)
@@ -53,11 +44,6 @@ IMPORTS = (
 )
 
 _imports: asyncio.Task | None = None
-# One dashboard is built at a time, in the order the pages were asked for. Ten users at
-# once otherwise each waited for all ten: every build is a few callbacks (the Explorer,
-# then its figures' models), and the event loop took them in turns across the sessions.
-_turn: asyncio.Lock | None = None
-BUILD_LIMIT_S = 60  # the longest one build keeps the turn: a stuck one stops no other
 
 
 async def _import_all() -> None:
@@ -111,7 +97,7 @@ def _quiet_closed_websockets(loop: asyncio.AbstractEventLoop) -> None:
 def start_imports() -> asyncio.Task | None:
     """Start the imports on the running event loop (once per process); None where no loop
     runs (a plain script, a test): the dashboard then imports them when built."""
-    global _imports, _turn
+    global _imports
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -121,7 +107,6 @@ def start_imports() -> asyncio.Task | None:
         # In an empty context: the task outlives the session that starts it, and the
         # session's context holds its document (Panel's curdoc).
         _imports = loop.create_task(_import_all(), context=contextvars.Context())
-        _turn = asyncio.Lock()
     return _imports
 
 
@@ -145,72 +130,23 @@ def served(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
         pn.indicators.LoadingSpinner(value=True, size=32, name="Loading the dashboard ...")
     )
 
-    turn = _turn
-
-    def build() -> None:  # in a callback of the session, which holds the document's lock
+    def fill() -> None:  # a callback of the session: it holds the document's lock
         with set_curdoc(doc):
             try:
                 imports.result()
                 from mambapanel.views.app import dashboard
 
                 page[:] = [dashboard(paths, **params)]
-            except Exception as err:  # shown, not only logged: the page would spin
+            except Exception as err:  # shown, not only logged: the page would spin forever
                 log.exception("mambapanel: the dashboard could not be built")
                 message = escape(f"mambapanel: the dashboard failed: {err!r}")
                 page[:] = [pn.pane.Alert(message, alert_type="danger")]
 
-    def resend() -> None:
-        # The models again, now that Panel sends changes: the browser has the page as it
-        # was before (see built).
-        objects = page.objects
-        page[:] = []
-        page[:] = objects
-
-    def built(done: asyncio.Future) -> None:
-        _set(done)
-        # Until the browser says its page is ready, Panel drops the changes to the page,
-        # since the page is sent whole when the browser asks for it; a browser that asked
-        # while the dashboard was built has the loading indicator only, and kept it for
-        # ever (pages of ten users at once on a busy server).
-        with set_curdoc(doc):
-            if _asked(doc) and not pn.state.loaded:
-                pn.state.onload(resend)
-
-    def fill(done: asyncio.Future) -> None:  # a callback of the session
-        with set_curdoc(doc):
-            if _asked(doc) and not pn.state.loaded:  # see built: built once it is ready
-                pn.state.onload(build)
-                _set(done)
-                return
-        build()
-        # Before the page is ready, Panel makes the new figures' models in a callback of
-        # its own, scheduled by build; the document's callbacks run in order.
-        doc.add_next_tick_callback(partial(built, done))
-
-    @without_document_lock
-    async def build_in_turn() -> None:
-        await asyncio.wait([imports])  # done or failed: build shows a failure
-        async with turn:
-            if doc.session_context is None:  # the browser left, the session ended
-                return
-            done = asyncio.get_running_loop().create_future()
-            doc.on_session_destroyed(partial(_set, done))  # its callbacks are dropped
-            doc.add_next_tick_callback(partial(fill, done))
-            await asyncio.wait([done], timeout=BUILD_LIMIT_S)
+    def schedule(_: asyncio.Task) -> None:
+        if doc.session_context is not None:  # None: the browser left, the session ended
+            doc.add_next_tick_callback(fill)
 
     # Built before the browser asks for the document where the imports are done by then
     # (a second session; the first one when Bokeh's JavaScript loads slowly), else after.
-    doc.add_next_tick_callback(build_in_turn)
+    imports.add_done_callback(schedule)
     return page
-
-
-def _asked(doc: Document) -> bool:
-    """Whether a browser has connected to the session of ``doc`` (and so may have asked
-    for the page)."""
-    session = doc.session_context.session if doc.session_context else None
-    return session is not None and session.connection_count > 0
-
-
-def _set(future: asyncio.Future, *_: object) -> None:
-    if not future.done():
-        future.set_result(None)

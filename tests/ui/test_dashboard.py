@@ -7,14 +7,12 @@ import csv
 import io
 import re
 import shutil
-import threading
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, WebSocketRoute, expect
+from playwright.sync_api import Browser, Page, expect
 from served import ARTIFACTS, Server
 
 from mambapanel.views import export
@@ -27,8 +25,6 @@ from mambapanel.views.style import ATTENTION_CMAP, hex_colours
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 
 TIMEOUT_MS = 30_000
-OTHER_PAGES = 6
-HOLD_READY_MS = 12_000  # longer than building OTHER_PAGES + 1 dashboards takes here
 SELECTION_TITLE = re.compile(r": [1-9]\d* selected patches$")  # the patch view's, once selected
 # A figure found by its Bokeh name (mambapanel.views.style.named): its frame in page pixels,
 # its axis ranges, its title, and the values of its image glyph (a patch grid) if any.
@@ -365,55 +361,3 @@ def test_a_damaged_run_is_named_in_the_page_and_the_rest_works(
     finally:
         server.stop()
     assert "Traceback" not in server.output()
-
-
-def test_a_page_slow_to_say_it_is_ready_gets_its_dashboard(page: Page, small_run: Path) -> None:
-    """Until a browser says that its page is ready, Panel drops the changes to the page, as
-    the page goes out whole when the browser asks for it. Dashboards built in turn (many
-    users at once) are often built after the asking and before the ready; such a dashboard
-    never reached the browser, which kept "Loading the dashboard ..." for ever. Here other
-    sessions' dashboards are built first, and the browser's messages after its asking are
-    held meanwhile."""
-    server = Server("explorer", str(small_run))
-    held: list[str | bytes] = []
-    relayed: list[WebSocketRoute] = []
-    holding = threading.Event()
-    holding.set()
-
-    def relay(browser_side: WebSocketRoute) -> None:
-        server_side = browser_side.connect_to_server()
-        asked = []  # the frames of the browser's request for the page
-
-        def from_browser(message: str | bytes) -> None:
-            if len(asked) < 3 or not holding.is_set():  # its header, metadata and content
-                if asked or "PULL-DOC-REQ" in str(message):
-                    asked.append(message)
-                server_side.send(message)
-            else:
-                held.append(message)
-
-        browser_side.on_message(from_browser)
-        server_side.on_message(browser_side.send)
-        relayed.append(server_side)
-
-    try:
-        # A fresh server: the browser asks for its page while the server still imports.
-        # Other users' pages, asked for just before: their dashboards are built first.
-        others = [
-            threading.Thread(target=lambda: urllib.request.urlopen(server.url).close())
-            for _ in range(OTHER_PAGES)
-        ]
-        for other in others:
-            other.start()
-        page.route_web_socket(re.compile(r"/explorer/ws"), relay)
-        page.goto(f"{server.url}?stage=1&block=0&method=pca")
-        page.wait_for_timeout(HOLD_READY_MS)  # this page's dashboard is built meanwhile
-        for other in others:
-            other.join()
-        assert held, "the page should have said that it is ready by now"
-        holding.clear()  # what comes later goes directly
-        for message in held:  # in their order
-            relayed[0].send(message)
-        figure(page, "patch-view")
-    finally:
-        server.stop()
