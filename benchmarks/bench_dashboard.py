@@ -13,20 +13,32 @@
 5. 3 again, with the dashboard built by the script itself (``dashboard(...).servable()``),
    as dashboards/explorer.py did before ``mambapanel.views.serve``: the page is then sent
    only after the imports and the build, and the browser loads Bokeh's JavaScript after
-   that instead of meanwhile. The ratio of 5 to 3 is printed.
+   that instead of meanwhile. The ratio of 5 to 3 is printed;
+6. ``--sessions N`` (instead of 1-5): N users at once on one server of the six demo runs,
+   each in a browser context of its own: load (first render: page request to the three
+   figures drawn), click a patch at once (did it land on the patch aimed at?), change
+   stage, close; ``--rounds`` times. Per round: how many were drawn, the median and the
+   longest first render, the server's and the whole machine's CPU seconds, and the
+   server's resident memory once the closed sessions have ended (targets: all drawn,
+   longest first render <= 10 s, memory after the last round within 20 MB of after the
+   first).
 
     python benchmarks/bench_dashboard.py                  # builds a stage-0 run (~30 s)
     python benchmarks/bench_dashboard.py --run runs/NAME  # any run with a 56x56 stage 0
+    python benchmarks/bench_dashboard.py --sessions 10    # builds the demo runs (~4 min)
+    python benchmarks/bench_dashboard.py --sessions 10 --demo-runs demo-runs
 
 The events are fired in this process on an Explorer rendered into a Bokeh document (as a
 served session does; the stream callbacks hold it as they do there); not timed are the
 websocket and the browser's drawing. The machine's load average is printed with each
-figure: on a shared machine, compare figures taken at similar load.
+figure: on a shared machine, compare figures taken at similar load. In 6 the browsers run
+on the server's machine and share its cores with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import socket
@@ -39,18 +51,36 @@ from pathlib import Path
 
 import numpy as np
 import panel as pn
+import psutil
 from bokeh.document import Document
 from panel.io.state import set_curdoc
+from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
+from compute.demo import DEMO_MODELS
 from mambapanel.views import Explorer, RunData
 from mambapanel.views.data import Embedding
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-DRAWN_JS = """() => ["scatterplot", "patch-view", "image-view"].every(
-  (name) => [...Bokeh.index.all_views()].some((v) => v.model.name === name))"""
+DRAWN_JS = """() => window.Bokeh !== undefined && ["scatterplot", "patch-view", "image-view"]
+  .every((name) => [...Bokeh.index.all_views()].some((v) => v.model.name === name))"""
+# The patch view's frame in page pixels and its title; the scatterplot's title.
+PATCH_VIEW_JS = """() => {
+  const view = [...Bokeh.index.all_views()].find((v) => v.model.name === "patch-view");
+  const canvas = view.canvas_view.el.getBoundingClientRect();
+  return {left: canvas.left + view.frame.bbox.left, top: canvas.top + view.frame.bbox.top,
+          width: view.frame.bbox.width, height: view.frame.bbox.height,
+          title: view.model.title.text};
+}"""
+SCATTER_TITLE_JS = """() => [...Bokeh.index.all_views()].find(
+  (v) => v.model.name === "scatterplot").model.title.text"""
+# The demo runs of --sessions: the six VMamba ones, as in the load test of issue 10.
+VMAMBA_DEMOS = [name for name, (model, _) in DEMO_MODELS.items() if model.startswith("vmamba")]
+RENDER_TIMEOUT_MS = 120_000  # a page not drawn by then counts as not drawn
+SESSIONS_END_S = 20  # closed sessions end within 16 s (see users_at_once), then a collection
 
 
 class SyntheticRun(RunData):
@@ -119,6 +149,15 @@ def stage0_run(workdir: Path) -> Path:
     return run
 
 
+def demo_runs(workdir: Path) -> Path:
+    """The six VMamba runs of ``python -m compute demo`` (:data:`VMAMBA_DEMOS`; about 4
+    minutes on 2 cores)."""
+    runs = workdir / "demo-runs"
+    command = ["demo", "--no-serve", "--runs", str(runs), "--models", ",".join(VMAMBA_DEMOS)]
+    subprocess.run([sys.executable, "-m", "compute", *command], check=True, cwd=ROOT)
+    return runs
+
+
 def lasso_times(explorer: Explorer, repeats: int, seed: int = 0) -> list[float]:
     """Seconds per Lasso event on the left scatterplot: random 40-gons around random points."""
     document = Document()
@@ -141,40 +180,149 @@ def lasso_times(explorer: Explorer, repeats: int, seed: int = 0) -> list[float]:
     return times
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(script: Path, runs: list[Path], port: int, *options: str) -> subprocess.Popen:
+    """``panel serve script --args runs`` on 127.0.0.1:``port``, listening when returned."""
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "panel", "serve", str(script), "--port", str(port),
+         "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
+         *options, "--args", *map(str, runs)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    # Knock until the server listens; a page request before that would fail, and one that
+    # times out would start a second session.
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        if time.perf_counter() - started > 60:
+            server.terminate()
+            raise TimeoutError(f"panel serve is not listening on port {port}")
+        time.sleep(0.02)
+
+
 def first_render_time(runs: list[Path], script: Path = ROOT / "dashboards/explorer.py") -> float:
     """Seconds from starting ``panel serve script`` on ``runs`` to the three figures of the
     first drawn in Chromium."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        url = f"http://127.0.0.1:{port}/{script.stem}"
+        port = free_port()
         started = time.perf_counter()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "panel", "serve", str(script), "--port",
-             str(port), "--address", "127.0.0.1", "--allow-websocket-origin",
-             f"127.0.0.1:{port}", "--args", *map(str, runs)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        server = start_server(script, runs, port)
         try:
-            # Knock until the server listens; a page request before that would fail, and
-            # one that times out would start a second session.
-            while True:
-                with socket.socket() as sock:
-                    if sock.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                if time.perf_counter() - started > 60:
-                    raise TimeoutError(f"panel serve is not listening on port {port}")
-                time.sleep(0.02)
-            page.goto(url, timeout=60_000)
+            page.goto(f"http://127.0.0.1:{port}/{script.stem}", timeout=60_000)
             page.wait_for_function(DRAWN_JS, timeout=60_000, polling=20)
             return time.perf_counter() - started
         finally:
             server.terminate()
             server.wait()
             browser.close()
+
+
+async def one_user(browser: Browser, url: str, user: int, grid: tuple[int, int]) -> dict:
+    """One user of ``--sessions``: load, click a patch at once, change stage to 1, close.
+    Their first render (seconds; None if not drawn) and whether the click landed on the
+    patch aimed at."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = await context.new_page()
+    height, width = grid
+    row, col = divmod(user * 37 % (height * width), width)
+    started = time.perf_counter()
+    try:
+        await page.goto(url, timeout=RENDER_TIMEOUT_MS)
+        await page.wait_for_function(DRAWN_JS, timeout=RENDER_TIMEOUT_MS, polling=50)
+        first_render = time.perf_counter() - started
+        frame = await page.evaluate(PATCH_VIEW_JS)
+        await page.mouse.click(
+            frame["left"] + (col + 0.5) * frame["width"] / width,
+            frame["top"] + (row + 0.5) * frame["height"] / height,
+        )
+        await page.wait_for_function(
+            f"() => ({PATCH_VIEW_JS})().title.includes('attention from')",
+            timeout=RENDER_TIMEOUT_MS,
+        )
+        title = (await page.evaluate(PATCH_VIEW_JS))["title"]
+        stage = page.locator(".bk-input-group").filter(has=page.get_by_text("stage", exact=True))
+        await stage.locator("select").select_option("1")
+        await page.wait_for_function(
+            f"() => ({SCATTER_TITLE_JS})().includes('stage 1')", timeout=RENDER_TIMEOUT_MS
+        )
+        return {"first_render": first_render, "hit": title.endswith(f"from ({row}, {col})")}
+    except PlaywrightError:  # not drawn, or not answered, in RENDER_TIMEOUT_MS
+        return {"first_render": None, "hit": False}
+    finally:
+        await context.close()
+
+
+def spread(seconds: list[float]) -> str:
+    if not seconds:
+        return "none drawn"
+    return f"median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s"
+
+
+def busy_seconds() -> float:
+    """CPU seconds this machine has spent on anything but idling, since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+async def users_at_once(runs: list[Path], users: int, rounds: int) -> None:
+    """``--sessions``: ``users`` at once on one server, ``rounds`` times (see the module)."""
+    port = free_port()
+    # Sessions whose browser has left end a second after --unused-session-lifetime (15 s,
+    # Bokeh's default, kept: a browser that connects later than that loses its session).
+    server = start_server(
+        ROOT / "dashboards/explorer.py", runs, port, "--check-unused-sessions", "1000"
+    )
+    process = psutil.Process(server.pid)
+    url = f"http://127.0.0.1:{port}/explorer?stage=0&block=0&method=pca"
+    grid = RunData(runs[0]).grid(0)
+    renders, memory = [], []
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            for round_ in range(1, rounds + 1):
+                started = time.perf_counter()
+                server_cpu, machine = sum(process.cpu_times()[:2]), busy_seconds()
+                results = await asyncio.gather(
+                    *(one_user(browser, url, user, grid) for user in range(users))
+                )
+                wall = time.perf_counter() - started
+                server_cpu = sum(process.cpu_times()[:2]) - server_cpu
+                machine = busy_seconds() - machine
+                drawn = [r["first_render"] for r in results if r["first_render"] is not None]
+                renders += drawn
+                hits = sum(r["hit"] for r in results)
+                await asyncio.sleep(SESSIONS_END_S)
+                memory.append(process.memory_info().rss)
+                print(
+                    f"{users} users at once, round {round_}: drawn {len(drawn)}/{users}, first "
+                    f"render {spread(drawn)}; "
+                    f"clicks on the patch aimed at {hits}/{users}; server {server_cpu:.1f} "
+                    f"CPU s, machine {machine:.1f} CPU s in {wall:.1f} s; server memory "
+                    f"{memory[-1] / 2**20:.0f} MiB once the sessions ended ({load()})",
+                    flush=True,
+                )
+            await browser.close()
+    finally:
+        server.terminate()
+        server.wait()
+    growth = (memory[-1] - memory[0]) / 2**20
+    verdict = "meets" if len(renders) == users * rounds and max(renders) <= 10 else "MISSES"
+    print(
+        f"{users} users at once, {rounds} rounds: drawn {len(renders)}/{users * rounds}, first "
+        f"render {spread(renders)} ({verdict} the all drawn, 10 s target); memory after "
+        f"round {rounds} - after round 1: {growth:+.1f} MiB "
+        f"({'meets' if abs(growth) <= 20 else 'MISSES'} the 20 MB target)",
+        flush=True,
+    )
 
 
 def aliases(run: Path, workdir: Path, n: int) -> list[Path]:
@@ -208,10 +356,21 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a run with a 56x56 stage 0 (default: build)")
     parser.add_argument("--repeat", type=int, default=20, help="lasso events per case")
     parser.add_argument("--renders", type=int, default=3, help="served first renders per case")
+    parser.add_argument("--sessions", type=int, help="users at once (6 only; see above)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --sessions users")
+    parser.add_argument(
+        "--demo-runs", type=Path, help="runs of `python -m compute demo` (default: build the six)"
+    )
     args = parser.parse_args()
     print(f"{platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, panel {pn.__version__}, "
           f"{load()}", flush=True)  # fmt: skip
+    if args.sessions:
+        with tempfile.TemporaryDirectory() as workdir:
+            demo = args.demo_runs or demo_runs(Path(workdir))
+            runs = [demo / name for name in VMAMBA_DEMOS]
+            asyncio.run(users_at_once(runs, args.sessions, args.rounds))
+        return
     with tempfile.TemporaryDirectory() as workdir:
         run = args.run or stage0_run(Path(workdir))
         explorer = Explorer(run, stage=0, block=0)

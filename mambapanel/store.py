@@ -522,7 +522,9 @@ def check_run(path: str | Path | Location) -> zarr.Group:
         raise RunError(f"{where}: no such run (no zarr.json at that URL)")
     try:
         root = zarr.open_group(where.zarr_store(read_only=True), mode="r")
-    except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
+    except (FileNotFoundError, ValueError) as err:  # zarr's errors and JSON's are ValueErrors
+        if where.is_local and (where.path / "zarr.json").is_file():
+            raise _damaged(where.path / "zarr.json", err) from err
         raise RunError(f"{where}: not a run (not a zarr store: {err})") from err
     found = root.attrs.get("format")
     if found != FORMAT:
@@ -553,12 +555,45 @@ def check_run(path: str | Path | Location) -> zarr.Group:
         name = stage_group(stage)
         if name not in root:
             raise RunError(f"{where}: no group {name!r} (attribute 'stages' lists stage {stage})")
-        _require(where, root[name], name, stage_variables)
+        _require(where, read_member(where, root, name), name, stage_variables)
     return root
 
 
+def read_member(
+    path: str | Path | Location, group: zarr.Group, name: str
+) -> zarr.Group | zarr.Array:
+    """``group[name]`` in the run at ``path``, for a name the group lists; a ``zarr.json``
+    that cannot be read is a RunError naming the file.
+
+    Raises
+    ------
+    RunError
+        The member's metadata file is not valid zarr v3 metadata (not JSON, or not a node).
+    """
+    try:
+        return group[name]
+    except ValueError as err:  # json.JSONDecodeError and zarr's MetadataValidationError
+        where = location(path)
+        metadata = f"{group.path}/{name}/zarr.json".lstrip("/")
+        raise _damaged(
+            where.path / metadata if where.is_local else f"{where}/{metadata}", err
+        ) from err
+
+
+def _damaged(metadata: Path | str, err: Exception) -> RunError:
+    return RunError(
+        f"{metadata}: damaged metadata, not a zarr v3 node ({type(err).__name__}: {err})"
+    )
+
+
 def _require(where: Location, group: zarr.Group, name: str, variables: Sequence[str]) -> None:
-    present = set(group.keys())  # one listing, not one metadata read per variable
+    if where.is_local:
+        # A listing of the members' directories: zarr's would read every member's
+        # zarr.json, and one that is damaged is better named where it is read (read_member).
+        found = Path(where.path, group.path).glob("*/zarr.json")
+        present = {metadata.parent.name for metadata in found}
+    else:
+        present = set(group.keys())  # one listing, not one metadata read per variable
     for variable in variables:
         if variable not in present:
             raise RunError(f"{where}: group {name!r} has no variable {variable!r}")

@@ -9,6 +9,7 @@ import io
 import shutil
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from PIL import Image
 from mambapanel.store import RunError, open_run, stage_group
 from mambapanel.views import Explorer, RunData, dashboard
 from mambapanel.views import scatter as scatter_module
+from mambapanel.views.data import SharedReads
 from mambapanel.views.geometry import PointIndex, patch_at_location, patches_at_location
 from mambapanel.views.style import hex_colours
 
@@ -460,10 +462,10 @@ def test_a_run_that_cannot_be_opened_is_named_and_the_shown_run_stays(small_run,
     explorer.run = "broken"
     assert explorer.run == "good"
     assert explorer.run_problem.visible
-    problem = f"{broken}: group 'stage2' has no variable 'attention_mean'"
-    assert problem in explorer.run_problem.object
+    problem = f"Cannot show run broken: {broken}: group 'stage2' has no variable 'attention_mean'"
+    assert explorer.run_problem.object == escape(problem)
     explorer.param.update(compare="runs", run_b="broken")
-    assert explorer.shown[1].problem.object == problem
+    assert explorer.shown[1].problem.object == escape(problem)
 
 
 def test_the_findings_tab_reads_the_findings_when_first_opened(small_run, tmp_path):
@@ -482,3 +484,58 @@ def test_the_findings_tab_reads_the_findings_when_first_opened(small_run, tmp_pa
     tabs.active = 0
     tabs.active = 1
     assert tabs[1][0] is shown  # read once
+
+
+def test_the_findings_tab_of_a_run_without_findings_says_how_to_add_them(small_run):
+    """The README's workflow (extract, reduce, serve) stores no findings."""
+    tabs = Explorer(small_run).__panel__()[1]
+    tabs.active = 1
+    shown = tabs[1][0]  # the FindingsView's layout
+    texts = [pane.object for pane in shown.select(pn.pane.Markdown)]
+    assert any(f"python -m compute findings {small_run}" in text for text in texts)
+    assert shown.select(pn.widgets.Select)[0].value is None  # no stage to show
+    assert pn.panel(shown).get_root().children
+
+
+def test_sessions_share_what_they_read_and_nobody_writes_it(small_run):
+    shared = SharedReads(max_bytes=2**20)
+    mine, yours = RunData(small_run, shared=shared), RunData(small_run, "yours", shared=shared)
+    points = mine.intra_embedding(1, 0, "pca")
+    assert yours.intra_embedding(1, 0, "pca") is points
+    assert yours.thumbnail(1) is mine.thumbnail(1)
+    assert yours.root is mine.root
+    with pytest.raises(ValueError, match="read-only"):
+        points.x[0] = 0.0
+    with pytest.raises(ValueError, match="read-only"):
+        mine.thumbnail(1)[0, 0, 0] = 0
+    np.testing.assert_array_equal(points.x, RunData(small_run).intra_embedding(1, 0, "pca").x)
+
+
+def test_shared_reads_are_bounded(small_run):
+    shared = SharedReads(max_bytes=4 * 2**10)  # room for about three small values
+    run = RunData(small_run, shared=shared)
+    for image in range(2):
+        run.thumbnail(image)  # 12 kB each: more than the bound, read but not kept
+    assert shared.nbytes <= shared.max_bytes
+    first = run.intra_embedding(2, 0, "pca")  # 16 points: 512 bytes, kept as 1 kB
+    for block in (0, 1):
+        run.intra_embedding(1, block, "tsne")
+    assert shared.nbytes <= shared.max_bytes
+    assert run.intra_embedding(2, 0, "pca") is not first  # the least recently used went
+
+
+def test_a_run_changed_on_disk_is_read_anew_by_the_sessions_opened_after(small_run, tmp_path):
+    """What `compute reduce` does to a served run (it replaces the embedding arrays and the
+    method coordinate) reaches the sessions opened after it, not those already open."""
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    shared = SharedReads(max_bytes=2**20)
+    before = RunData(run, shared=shared)
+    assert before.methods(1) == ["pca", "tsne"]
+    group = zarr.open_group(run / "stage1", mode="r+")
+    del group["method"]
+    group.create_array("method", shape=(2,), dtype=str, dimension_names=("method",))[...] = [
+        "pca", "umap",
+    ]  # fmt: skip
+    assert RunData(run, shared=shared).methods(1) == ["pca", "umap"]
+    assert before.methods(1) == ["pca", "tsne"]

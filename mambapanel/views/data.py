@@ -1,29 +1,48 @@
 """Read-only access to a stored run for the views: grids, embeddings, attention rows and
-thumbnails, read lazily from the run's zarr store and cached per run.
+thumbnails, read lazily from the run's zarr store and shared by every session of a process.
 
 Addressing is the store's: stage, block, patch (row, col) on the stored grid, image index.
 The views read the zarr arrays directly, not through xarray: opening a run as a DataTree
 builds an index per coordinate and makes xarray import Dask and SciPy, 0.5-0.8 s of a
 served dashboard's first render here, for a few small array reads.
+
+A run that is damaged on disk (a chunk file deleted or cut short, a ``zarr.json`` that is
+not metadata) raises :class:`mambapanel.store.RunError` on the read that meets it, naming
+the run, the array and what is wrong, for the view to show.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import itertools
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from mambapanel.storage import Location, location
-from mambapanel.store import RunError, check_run, open_run
+from mambapanel.store import (
+    EMBEDDING_INTER,
+    EMBEDDING_INTRA,
+    RunError,
+    check_run,
+    open_run,
+    read_member,
+    stage_group,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
     import zarr
 
+    from mambapanel.findings.record import Findings
+
+T = TypeVar("T")
 Patch = tuple[int, int]
 
 
@@ -46,48 +65,160 @@ class Embedding:
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self._arrays())
+
+    def frozen(self) -> Embedding:
+        """This embedding with its arrays made read-only (every session shares it)."""
+        for array in self._arrays():
+            array.flags.writeable = False
+        return self
+
+    def _arrays(self) -> list[np.ndarray]:
+        values = (getattr(self, field.name) for field in fields(self))
+        return [array for array in values if array is not None]
+
+
+class SharedReads:
+    """What the sessions of a process read from their runs, read once and shared: opened
+    stores, stage attributes, image ids, embeddings, thumbnails, stored findings.
+
+    Keys start with the run's resolved path and its layout on disk
+    (:func:`layout_version`): a run changed on disk since (``compute reduce`` adds a method,
+    ``compute findings`` its findings) is read anew by the sessions opened after the change.
+    Bounded: beyond ``max_bytes`` (arrays at their size, anything else at
+    :data:`ENTRY_BYTES`) the least recently used values go. Values are never written to:
+    arrays are read-only.
+    """
+
+    ENTRY_BYTES = 1024
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._values: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # sessions may run on Panel's threads (--num-threads)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: tuple, read: Callable[[], T]) -> T:
+        """The value of ``key``, read by ``read()`` unless held (an error is not held)."""
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key][0]
+        value = read()  # outside the lock: a read can take a while; two reads are harmless
+        size = self._size(value)
+        with self._lock:
+            if key not in self._values and size <= self.max_bytes:
+                self._values[key] = (value, size)
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, (_, dropped) = self._values.popitem(last=False)
+                    self._bytes -= dropped
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self._bytes = 0
+
+    def _size(self, value: object) -> int:
+        if isinstance(value, np.ndarray | Embedding):
+            return max(value.nbytes, self.ENTRY_BYTES)
+        return self.ENTRY_BYTES
+
+
+# Embeddings and thumbnails of a few runs take a few MB; 256 MB holds those of large runs
+# (1,000 images x 8 blocks of inter-block points, 3,136 patches per intra-block embedding).
+SHARED = SharedReads(max_bytes=int(os.environ.get("MAMBAPANEL_SHARED_MB", "256")) * 2**20)
+
+
+def layout_version(path: Path) -> tuple:
+    """When the layout of the run at ``path`` last changed: the modification times of its
+    directory, of the groups and arrays directly in it, and of their ``zarr.json``. Adding,
+    replacing or deleting a group or an array (what ``compute reduce`` and ``findings`` do)
+    changes one of them; a dozen ``stat`` calls, no reads."""
+
+    def mtimes(directory: Path) -> tuple[int | None, int | None]:
+        times = []
+        for where in (directory, directory / "zarr.json"):
+            try:
+                times.append(where.stat().st_mtime_ns)
+            except OSError:
+                times.append(None)
+        return tuple(times)
+
+    try:
+        members = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    except OSError:
+        members = []
+    return (mtimes(path), *((name, *mtimes(path / name)) for name in members))
+
 
 class RunData:
     """One run, opened and validated on first use, read on demand.
 
     Nothing is read when a RunData is made, so that a dashboard of many runs opens only the
-    one it shows; the first read validates the run.
+    one it shows; the first read validates the run. What is read is shared with the other
+    RunData of the same run in this process (:data:`SHARED`): each session makes its own
+    RunData, and ten sessions read a run once.
 
     Parameters
     ----------
     path : a run made by ``python -m compute extract`` (and ``reduce`` for embeddings)
     name : how the dashboard lists it (default: the directory name)
+    shared : where reads are kept for every session (default :data:`SHARED`)
 
     Raises
     ------
     mambapanel.store.RunError
         On first use: ``path`` is missing, not a run, or incomplete (the message names the
-        path).
+        path); on any read: the run is damaged there (the message names the run, the array
+        and what is wrong).
     """
 
-    def __init__(self, path: str | Path | Location, name: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path | Location, name: str | None = None, shared: SharedReads = SHARED
+    ) -> None:
         # A URL (s3://, gs://) opens through fsspec, with the FSSPEC_<SCHEME>_* variables of
         # the server's environment or the options of a Location.
         url = isinstance(path, Location) or "://" in str(path)
         self.path = location(path) if url else Path(path)
         self.name = name or self.path.name
-        self._inter: dict[tuple[int, str], Embedding] = {}
-        self._intra: dict[tuple[int, int, str], Embedding] = {}
-        # Stage groups, their attrs and method lists, read once: each read is a file read.
-        self._groups: dict[int, zarr.Group] = {}
-        self._attrs: dict[int, dict] = {}
-        self._methods: dict[int, list[str]] = {}
+        self.shared = shared
 
     def __repr__(self) -> str:
         return f"RunData({self.name!r}, path={str(self.path)!r})"
 
     @cached_property
+    def _key(self) -> tuple:
+        """The run as :attr:`shared` knows it: its resolved path and layout version, taken
+        once, when this RunData is first used."""
+        if isinstance(self.path, Location):  # an object store: no directory times to read
+            return (str(self.path), ())
+        return (str(self.path.resolve()), layout_version(self.path))
+
+    def _shared(self, key: tuple, read: Callable[[], T]) -> T:
+        return self.shared.get((*self._key, *key), read)
+
+    @cached_property
     def root(self) -> zarr.Group:
         """The run's root group, validated (:func:`mambapanel.store.check_run`)."""
-        root = check_run(self.path)
-        if not root.attrs["complete"]:
-            open_run(self.path)  # refuses an incomplete run, with the store's message
-        return root
+
+        def validated() -> zarr.Group:
+            root = check_run(self.path)
+            if not root.attrs["complete"]:
+                open_run(self.path)  # refuses an incomplete run, with the store's message
+            return root
+
+        return self._shared(("root",), validated)
 
     @property
     def opened(self) -> bool:
@@ -95,14 +226,15 @@ class RunData:
         return "root" in self.__dict__  # where functools.cached_property keeps the group
 
     def open(self) -> RunData:
-        """Validate the run now (it is otherwise validated on first use); returns it.
+        """Validate the run now (it is otherwise validated on first use) and read its image
+        ids (every view needs them); returns it.
 
         Raises
         ------
         mambapanel.store.RunError
             See the class.
         """
-        _ = self.root
+        _ = self.image_ids
         return self
 
     @cached_property
@@ -111,13 +243,23 @@ class RunData:
         first use: the dashboard's own views do not need it."""
         return open_run(self.path)
 
-    @cached_property
+    def findings(self) -> Findings | None:
+        """The run's stored findings (:func:`mambapanel.findings.record.read_findings`), None
+        before ``python -m compute findings``."""
+        from mambapanel.findings.record import read_findings
+
+        return self._shared(("findings", self.name), lambda: read_findings(self.tree, self.name))
+
+    @property
     def stages(self) -> list[int]:
         return [int(stage) for stage in self.root.attrs["stages"]]
 
-    @cached_property
+    @property
     def image_ids(self) -> list[str]:
-        return [str(image_id) for image_id in self.root["image_id"][...].tolist()]
+        def read() -> list[str]:
+            return [str(image_id) for image_id in self._read(self.root, "image_id").tolist()]
+
+        return self._shared(("image_ids",), read)
 
     @property
     def order(self) -> str:
@@ -141,11 +283,14 @@ class RunData:
 
     def methods(self, stage: int) -> list[str]:
         """Stored reduction methods of ``stage`` ([] before ``python -m compute reduce``)."""
-        if stage not in self._methods:
+
+        def read() -> list[str]:
             group = self._stage_group(stage)
-            stored = "embedding_intra" in group and "method" in group
-            self._methods[stage] = [str(m) for m in group["method"][...].tolist()] if stored else []
-        return list(self._methods[stage])
+            if EMBEDDING_INTRA not in group or "method" not in group:
+                return []
+            return [str(method) for method in self._read(group, "method").tolist()]
+
+        return list(self._shared(("methods", stage), read))
 
     def patch_index(self, stage: int, patch: Patch) -> int:
         """The row-major query/key index of ``patch`` (row, col) on the stored grid."""
@@ -160,52 +305,60 @@ class RunData:
 
     def inter_embedding(self, stage: int, method: str) -> Embedding:
         """Mode 1: the m x n points of ``embedding_inter`` (one per image and block)."""
-        key = (stage, method)
-        if key not in self._inter:
-            values = self._embedding(stage, "embedding_inter", method, ("image", "block", "xy"))
+
+        def read() -> Embedding:
+            values = self._embedding(stage, EMBEDDING_INTER, method, ("image", "block", "xy"))
             n_images, n_blocks, _ = values.shape
             image, block = np.divmod(np.arange(n_images * n_blocks), n_blocks)
             points = values.reshape(-1, 2).astype(np.float64)
-            self._inter[key] = Embedding(points[:, 0], points[:, 1], image=image, block=block)
-        return self._inter[key]
+            return Embedding(points[:, 0], points[:, 1], image=image, block=block).frozen()
+
+        return self._shared(("inter", stage, method), read)
 
     def intra_embedding(self, stage: int, block: int, method: str) -> Embedding:
         """Mode 2: the p² points of ``embedding_intra`` of one block (one per query patch)."""
-        key = (stage, block, method)
-        if key not in self._intra:
-            values = self._embedding(stage, "embedding_intra", method, ("query", "xy"), block=block)
+
+        def read() -> Embedding:
+            values = self._embedding(stage, EMBEDDING_INTRA, method, ("query", "xy"), block=block)
             row, col = np.divmod(np.arange(len(values)), self.grid(stage)[1])
             points = values.astype(np.float64)
-            self._intra[key] = Embedding(points[:, 0], points[:, 1], row=row, col=col)
-        return self._intra[key]
+            return Embedding(points[:, 0], points[:, 1], row=row, col=col).frozen()
+
+        return self._shared(("intra", stage, block, method), read)
 
     def attention_row(self, stage: int, block: int, patch: Patch) -> np.ndarray:
         """Algorithm 2: ``attention_mean`` from ``patch`` to every patch, f32(height, width)."""
         query = self.patch_index(stage, patch)
-        row = self._read(stage, "attention_mean", ("key",), block=block, query=query)
+        group = self._stage_group(stage)
+        row = self._read(group, "attention_mean", ("key",), block=block, query=query)
         return row.reshape(self.grid(stage))
 
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
         """One image's ``attention`` from ``patch`` to every patch, f32(height, width)."""
         query = self.patch_index(stage, patch)
-        row = self._read(stage, "attention", ("key",), image=image, block=block, query=query)
+        group = self._stage_group(stage)
+        row = self._read(group, "attention", ("key",), image=image, block=block, query=query)
         return row.astype(np.float32).reshape(self.grid(stage))
 
     def thumbnail(self, image: int) -> np.ndarray:
-        """The model's centre crop of ``image``, uint8(64, 64, 3)."""
-        return self.root["thumbnail"][image]
+        """The model's centre crop of ``image``, uint8(64, 64, 3), read-only."""
+
+        def read() -> np.ndarray:
+            pixels = self._read(self.root, "thumbnail", ("y", "x", "rgb"), image=image)
+            pixels.flags.writeable = False
+            return pixels
+
+        return self._shared(("thumbnail", image), read)
 
     def _stage_group(self, stage: int) -> zarr.Group:
-        if stage not in self._groups:
-            if stage not in self.stages:
-                raise KeyError(f"{self.path}: stores stages {self.stages}, not stage {stage}")
-            self._groups[stage] = self.root[f"stage{stage}"]
-        return self._groups[stage]
+        if stage not in self.stages:
+            raise KeyError(f"{self.path}: stores stages {self.stages}, not stage {stage}")
+        return self._shared(
+            ("group", stage), lambda: read_member(self.path, self.root, stage_group(stage))
+        )
 
     def _stage_attrs(self, stage: int) -> dict:
-        if stage not in self._attrs:
-            self._attrs[stage] = dict(self._stage_group(stage).attrs)
-        return self._attrs[stage]
+        return self._shared(("attrs", stage), lambda: dict(self._stage_group(stage).attrs))
 
     def _embedding(
         self, stage: int, variable: str, method: str, dims: tuple[str, ...], **index: int
@@ -217,22 +370,68 @@ class RunData:
                 f"{method!r} (add it with `python -m compute reduce {self.path} --methods "
                 f"{method}`)"
             )
-        return self._read(stage, variable, dims, method=methods.index(method), **index)
+        group = self._stage_group(stage)
+        return self._read(group, variable, dims, method=methods.index(method), **index)
 
-    def _read(self, stage: int, variable: str, dims: tuple[str, ...], **index: int) -> np.ndarray:
-        """``variable`` of ``stage`` at integer positions ``index`` {dimension: position},
+    def _read(
+        self, group: zarr.Group, variable: str, dims: tuple[str, ...] | None = None, **index: int
+    ) -> np.ndarray:
+        """``variable`` of ``group`` at integer positions ``index`` {dimension: position},
         with the remaining dimensions in the order ``dims`` (what ``isel`` and
-        ``transpose`` do on the xarray variable)."""
-        array = self._stage_group(stage)[variable]
+        ``transpose`` do on the xarray variable; None: as stored).
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            A chunk that cannot be read, or a float value that reads as NaN, the fill value
+            of an unwritten chunk: a complete run has none.
+        """
+        array = self._shared(
+            ("array", group.path, variable), lambda: read_member(self.path, group, variable)
+        )
         names = tuple(array.metadata.dimension_names)
-        if set(index) - set(names) or set(names) - set(index) != set(dims):
+        kept = [name for name in names if name not in index]
+        dims = tuple(kept) if dims is None else dims
+        if set(index) - set(names) or set(kept) != set(dims):
             raise KeyError(
-                f"{self.path}: stage{stage}/{variable} has dimensions {names}; asked for "
+                f"{self.path}: {array.path} has dimensions {names}; asked for "
                 f"{sorted(index)} and {dims}"
             )
-        values = array[tuple(index.get(name, slice(None)) for name in names)]
-        kept = [name for name in names if name not in index]
+        selection = tuple(index.get(name, slice(None)) for name in names)
+        try:
+            values = array[selection]
+        except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: a codec's
+            raise self._damaged(array, selection, index, f"cannot be read ({err})") from err
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            raise self._damaged(array, selection, index, "reads NaN, the fill value")
         return np.transpose(values, [kept.index(name) for name in dims])
+
+    def _damaged(
+        self, array: zarr.Array, selection: tuple, index: dict[str, int], problem: str
+    ) -> RunError:
+        """What is wrong with the chunk files behind ``array[selection]``, as a RunError."""
+        ranges = [
+            [position // size] if isinstance(position, int) else range(-(-length // size))
+            for position, size, length in zip(selection, array.chunks, array.shape, strict=True)
+        ]
+        files = [
+            Path(array.path, array.metadata.encode_chunk_key(coords))
+            for coords in itertools.product(*ranges)
+        ]
+        local = isinstance(self.path, Path)  # chunk files of an object store are not looked at
+        missing = [file for file in files if local and not (self.path / file).is_file()]
+        where = ", ".join(f"{name} {position}" for name, position in index.items()) or "all"
+        if not local:
+            what = f"{where} {problem}"
+        elif missing:
+            what = f"chunk file {missing[0]} is missing ({where} {problem})"
+        else:
+            sizes = ", ".join(f"{(self.path / file).stat().st_size} bytes" for file in files)
+            what = f"{where} {problem}; chunk file {files[0]}: {sizes}"
+            if not array.compressors:  # stored raw: a chunk's size is known
+                expected = int(np.prod(array.chunks)) * array.dtype.itemsize
+                what += f", {expected} bytes expected"
+        return RunError(f"run {self.name} ({self.path}): {array.path}: {what}")
 
 
 Run = str | Path | Location

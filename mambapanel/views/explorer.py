@@ -6,6 +6,7 @@ export. ``Explorer(run)`` is the dashboard and a notebook cell's value alike.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
@@ -21,12 +22,14 @@ from mambapanel.views.geometry import patch_at_location, patches_at_location
 from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
 from mambapanel.views.scatter import ScatterView
-from mambapanel.views.style import SCALES
+from mambapanel.views.style import BUTTON_HEIGHT, SCALES
 from mambapanel.views.url import UrlState
 from mambapanel.views.widgets import image_chooser, linked_menu
 
 COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
 STATUS_PATCHES = 40  # selected patches listed by name in the status line
+
+log = logging.getLogger(__name__)
 
 
 def _update(view: param.Parameterized, values: dict) -> None:
@@ -129,7 +132,12 @@ class Explorer(pn.viewable.Viewer):
             if event.new == 1 and len(findings) == 1 and isinstance(findings[0], pn.pane.HTML):
                 from mambapanel.views.findings import FindingsView
 
-                findings[:] = [FindingsView(self.runs)]
+                try:
+                    findings[:] = [FindingsView(self.runs)]
+                except Exception as err:  # shown, not only logged: the tab would say "Reading"
+                    log.exception("mambapanel: the findings could not be shown")
+                    message = escape(f"The findings could not be shown: {err!r}")
+                    findings[:] = [pn.pane.Alert(message, alert_type="danger")]
 
         tabs.param.watch(open_findings, "active")
         return pn.Column(
@@ -154,8 +162,10 @@ class Explorer(pn.viewable.Viewer):
         try:
             run = self.data.open()
         except RunError as err:
-            self.run = self._opened
-            self.run_problem.param.update(object=f"Cannot show run {err}", visible=True)
+            name, self.run = self.run, self._opened
+            # Escaped: a run's name and what was found in its files are text, not markup.
+            message = escape(f"Cannot show run {name}: {err}")
+            self.run_problem.param.update(object=message, visible=True)
             return
         self._opened = self.run
         self.run_problem.visible = False
@@ -240,7 +250,7 @@ class Explorer(pn.viewable.Viewer):
         try:
             run.open()
         except RunError as err:
-            return str(err)
+            return f"Cannot show run {run.name}: {err}"
         if self.stage not in run.stages:
             return f"{run.name} stores stages {run.stages}, not stage {self.stage}"
         if self.block is not None and self.block >= run.n_blocks(self.stage):
@@ -262,7 +272,8 @@ class Explorer(pn.viewable.Viewer):
             for index, side in enumerate(self.shown):
                 run, block = self._side_values(index)
                 problem = self._problem(run)
-                side.problem.param.update(object=problem or "", visible=problem is not None)
+                shown = escape(problem or "")  # names a run: text, not markup
+                side.problem.param.update(object=shown, visible=problem is not None)
                 if problem is not None:
                     continue
                 for view, values in zip(side.views(), self._view_values(run, block), strict=True):
@@ -364,7 +375,7 @@ class Explorer(pn.viewable.Viewer):
             ),
             select("method", "DR method", 90),
             pn.widgets.RadioButtonGroup.from_param(
-                self.param.scale, color="light", width=110, margin=(25, 5)
+                self.param.scale, color="light", width=110, height=BUTTON_HEIGHT, margin=(25, 5)
             ),
             image_chooser(self, lambda: self.data.image_ids, ["run"]),
             select("compare", "compare", 130),

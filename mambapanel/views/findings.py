@@ -5,14 +5,17 @@ It reads stored findings only; computing them needs the patch orders (torch).
 
 from __future__ import annotations
 
+from html import escape
+
 import holoviews as hv
 import panel as pn
 import param
 import xarray as xr
 
 from mambapanel.findings.metrics import relative_profile
-from mambapanel.findings.record import Findings, read_findings
+from mambapanel.findings.record import Findings
 from mambapanel.findings.tables import LEGEND, ORDER_INTRODUCTION, order_section, run_sections
+from mambapanel.store import RunError
 from mambapanel.views.data import RunData, RunsLike, load_runs
 from mambapanel.views.style import block_colours
 
@@ -73,31 +76,35 @@ class FindingsView(pn.viewable.Viewer):
     Raises
     ------
     mambapanel.store.RunError
-        A path that is not a usable run.
+        No run given, or the same run twice. A run that cannot be opened, or whose findings
+        cannot be read, is named in its tab instead.
     """
 
-    stage = param.Selector(check_on_set=True, doc="Stage whose tables and curves are shown.")
+    stage = param.Selector(
+        default=None,
+        allow_None=True,
+        check_on_set=True,
+        doc="Stage whose tables and curves are shown (None: no run has stored findings).",
+    )
 
     def __init__(self, runs: RunsLike, **params) -> None:
         super().__init__()
         self.runs: dict[str, RunData] = load_runs(runs)
-        self.findings: dict[str, Findings | None] = {
-            name: read_findings(run.tree, name) for name, run in self.runs.items()
-        }
+        # Why a run's findings cannot be read (the run cannot be opened, or they were written
+        # by another version): said in its tab, while the other runs' are shown.
+        self.problems: dict[str, str] = {}
+        self.findings: dict[str, Findings | None] = {}
+        for name, run in self.runs.items():
+            try:
+                self.findings[name] = run.findings()
+            except (RunError, ValueError) as err:
+                self.findings[name], self.problems[name] = None, str(err)
         stored = [f for f in self.findings.values() if f is not None]
         stages = sorted({stage for f in stored for stage in f.stages})
         self.param.stage.objects = stages
         self.param.update(stage=stages[0] if stages else None, **params)
         # One tab per run, kept across stage changes (so is the tab shown).
-        self.tabs = pn.Tabs(
-            *(
-                (name, missing(run) if findings is None else self._bound(findings))
-                for (name, run), findings in zip(
-                    self.runs.items(), self.findings.values(), strict=True
-                )
-            ),
-            dynamic=True,
-        )
+        self.tabs = pn.Tabs(*map(self._tab, self.runs.values()), dynamic=True)
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(
@@ -118,8 +125,15 @@ class FindingsView(pn.viewable.Viewer):
         heading = ["#### Patch order across runs", ORDER_INTRODUCTION] if section else []
         return pn.pane.Markdown("\n\n".join([*heading, *section]), sizing_mode="stretch_width")
 
-    def _bound(self, findings: Findings) -> pn.viewable.Viewable:
-        return pn.panel(pn.bind(run_panel, findings, self.param.stage))
+    def _tab(self, run: RunData) -> tuple[str, pn.viewable.Viewable]:
+        findings = self.findings[run.name]
+        if run.name in self.problems:
+            shown = pn.pane.Alert(escape(self.problems[run.name]), alert_type="danger")
+        elif findings is None:
+            shown = missing(run)
+        else:
+            shown = pn.panel(pn.bind(run_panel, findings, self.param.stage))
+        return run.name, shown
 
 
 def run_panel(findings: Findings, stage: int) -> pn.Column:

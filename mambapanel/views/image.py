@@ -9,9 +9,11 @@ import numpy as np
 import panel as pn
 import param
 
+from mambapanel.store import THUMBNAIL_SIZE
 from mambapanel.views.data import RunData
 from mambapanel.views.hold import held
 from mambapanel.views.patch import FRAME, grid_opts, outlined, patch_at
+from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
     ATTENTION_CMAP,
     SCALES,
@@ -85,6 +87,7 @@ class ImageView(pn.viewable.Viewer):
     def __init__(self, **params) -> None:
         super().__init__(**params)
         self.tap: hv.streams.Tap | None = None
+        self.problems = Problems()
         self._plot = pn.Column()
         self._opacity = pn.widgets.FloatSlider.from_param(
             self.param.opacity, label="attention opacity", width=FRAME
@@ -92,7 +95,7 @@ class ImageView(pn.viewable.Viewer):
         self._build()
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self._opacity, self._plot)
+        return pn.Column(self._opacity, self.problems.pane, self._plot)
 
     def attention(self) -> np.ndarray | None:
         """The image's attention row from the clicked patch, f32(height, width), or None
@@ -133,8 +136,10 @@ class ImageView(pn.viewable.Viewer):
             title = f"{image_id}: pick a block and a patch"
         else:
             title = f"{image_id}: block {self.block}, from ({self.patch[0]}, {self.patch[1]})"
+        blank = np.full((THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), 255, dtype=np.uint8)
+        thumbnail = self.problems.read("thumbnail", lambda: self.run.thumbnail(self.image), blank)
         return thumbnail_rgb(
-            self.run.thumbnail(self.image),
+            thumbnail,
             self.run.pool(self.stage),
             self.run.full_grid(self.stage),
             hooks=[named("image-view")],
@@ -142,13 +147,17 @@ class ImageView(pn.viewable.Viewer):
         )
 
     def _attention_layer(self, **_: object) -> hv.Image:
-        attention = self.attention()
-        if attention is None:  # a plot being replaced, updated once more on its way out
-            attention = np.full(self.run.grid(self.stage), np.nan, dtype=np.float32)
+        attention = self.problems.read("attention", self.attention, None)
+        opacity = self.opacity
+        # None: a plot being replaced, updated once more on its way out, or a damaged run
+        # (the message is above the image). Ones, not NaN (HoloViews warns of an all-NaN
+        # range), drawn transparent.
+        if attention is None:
+            attention, opacity = np.ones(self.run.grid(self.stage), dtype=np.float32), 0.0
         return attention_layer(
             attention,
             self.run.pool(self.stage),
             self.run.full_grid(self.stage),
-            self.opacity,
+            opacity,
             self.scale,
         )

@@ -13,6 +13,7 @@ one description of the figure: a view writes what that element would hold, and
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -36,11 +37,21 @@ class Drawn:
     def __init__(self, draw: Callable[[Plot], None]) -> None:
         self.draw = draw
         self.plots: list[Plot] = []
+        drawn = weakref.ref(self)
 
-    def hook(self, plot: Plot, _: object) -> None:
-        """A HoloViews hook (``.opts(hooks=[drawn.hook])``): keep the plot, and draw the
-        current state into it, since the element may have been built before the last
-        change."""
+        def hook(plot: Plot, element: object) -> None:
+            if (alive := drawn()) is not None:
+                alive.keep(plot)
+
+        # What ``.opts(hooks=[drawn.hook])`` takes. It holds this Drawn weakly: HoloViews
+        # keeps an element's options, hooks included, in its global option tree until the
+        # element is collected, and a hook that held the view (as a bound method would)
+        # kept the element alive through the view, and so every served session ever opened.
+        self.hook: Callable[[Plot, object], None] = hook
+
+    def keep(self, plot: Plot) -> None:
+        """Keep ``plot`` and draw the current state into it, since the element may have
+        been built before the last change (what :attr:`hook` does)."""
         if plot not in self.plots:
             self.plots.append(plot)
         self.draw(plot)

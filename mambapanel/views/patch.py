@@ -13,8 +13,10 @@ import param
 from mambapanel.views.data import Patch, RunData
 from mambapanel.views.hold import held
 from mambapanel.views.inplace import Drawn, write_columns
+from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
     ATTENTION_CMAP,
+    BUTTON_HEIGHT,
     GREY,
     OUTLINE,
     RED,
@@ -26,6 +28,7 @@ from mambapanel.views.style import (
 )
 
 FRAME = 250  # pixels of the longer side of a patch grid (axes and colour bar excluded)
+UNREADABLE = (2.0, 3.0)  # the colour range of a grid of ones: all below it (positive: log)
 
 
 def patch_grid(values: np.ndarray, vdim: str) -> hv.Image:
@@ -111,14 +114,15 @@ class PatchView(pn.viewable.Viewer):
     def __init__(self, **params) -> None:
         super().__init__(**params)
         self.tap: hv.streams.Tap | None = None
+        self.problems = Problems()
         self._plot = pn.Column()
         self._display = pn.widgets.RadioButtonGroup.from_param(
-            self.param.display, color="light", width=FRAME
+            self.param.display, color="light", width=FRAME, height=BUTTON_HEIGHT
         )
         self._build()
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self._display, self._plot)
+        return pn.Column(self._display, self.problems.pane, self._plot)
 
     @property
     def shows_attention(self) -> bool:
@@ -175,11 +179,19 @@ class PatchView(pn.viewable.Viewer):
 
     def _content(self) -> tuple[np.ndarray, str, tuple[float, float]]:
         """What the grid shows: values (see :meth:`values`), title and colour range."""
-        values = self.values()
         if self.shows_attention:
             row, col = self.patch
             what = "|attention|, log" if self.scale == "log" else "attention"
-            return values, f"block {self.block}: {what} from ({row}, {col})", colour_limits(values)
+            title = f"block {self.block}: {what}"
+            values = self.problems.read("attention", self.values, None)
+            if values is None:  # the message is above the grid
+                # A blank grid: every value below the colour range (white, see _grid). Not
+                # NaN: HoloViews warns of an all-NaN range.
+                values = np.ones(self.run.grid(self.stage), dtype=np.float32)
+                return values, f"{title} from ({row}, {col}) cannot be read", UNREADABLE
+            return values, f"{title} from ({row}, {col})", colour_limits(values)
+        self.problems.forget("attention")
+        values = self.values()
         title = f"stage {self.stage}: {len(self.selection)} selected patches"
         if self.block is None and not self.selection:
             title = f"stage {self.stage}: pick a block for attention"
@@ -195,7 +207,7 @@ class PatchView(pn.viewable.Viewer):
                 clim=limits,
                 logz=self.scale == "log",
                 colorbar=True,
-                clipping_colors={"NaN": "white"},
+                clipping_colors={"NaN": "white", "min": "white"},
                 hooks=hooks,
                 **options,
             )

@@ -6,17 +6,27 @@ here, on the server.
 
 from __future__ import annotations
 
+from html import escape
+
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
 
+from mambapanel.store import RunError
 from mambapanel.views.data import Embedding, Patch, RunData
 from mambapanel.views.geometry import PointIndex
 from mambapanel.views.hold import held
 from mambapanel.views.inplace import Drawn, write_columns
-from mambapanel.views.style import COLUMN_CMAP, HIGHLIGHT, block_colours, hex_colours, named
+from mambapanel.views.style import (
+    BUTTON_HEIGHT,
+    COLUMN_CMAP,
+    HIGHLIGHT,
+    block_colours,
+    hex_colours,
+    named,
+)
 
 FRAME_WIDTH, FRAME_HEIGHT = 380, 330  # pixels of the plotting area
 # Mode 2 point sizes in screen pixels: row 0 smallest, the last row largest (the paper's
@@ -93,7 +103,9 @@ class ScatterView(pn.viewable.Viewer):
         self.points: Embedding | None = None
         self._index: PointIndex | None = None
         self._highlighted: Drawn | None = None  # the highlight's plots (Bokeh glyphs only)
-        self._clear = pn.widgets.Button(label="Clear selection", color="light", width=130)
+        self._clear = pn.widgets.Button(
+            label="Clear selection", color="light", width=130, height=BUTTON_HEIGHT
+        )
         self._clear.on_click(lambda _: self.clear())
         self._plot = pn.Column()
         self._build()
@@ -180,8 +192,11 @@ class ScatterView(pn.viewable.Viewer):
                 self.points = self.run.inter_embedding(self.stage, self.method)
             else:
                 self.points = self.run.intra_embedding(self.stage, self.block, self.method)
-        except KeyError as err:
-            self._plot[:] = [pn.pane.Alert(str(err.args[0]), alert_type="warning")]
+        except KeyError as err:  # not stored (yet): what to run is in the message
+            self._plot[:] = [pn.pane.Alert(escape(str(err.args[0])), alert_type="warning")]
+            return
+        except RunError as err:  # damaged
+            self._plot[:] = [pn.pane.Alert(escape(str(err)), alert_type="danger")]
             return
         self._index = PointIndex(self.points.x, self.points.y)
         frame = self._frame()

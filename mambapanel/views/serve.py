@@ -22,10 +22,12 @@ This module imports Panel alone (``mambapanel.views`` imports its names lazily f
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import importlib
 import logging
 from collections.abc import Sequence
+from html import escape
 
 import panel as pn
 from panel.io.state import set_curdoc
@@ -46,17 +48,50 @@ _imports: asyncio.Task | None = None
 
 async def _import_all() -> None:
     # The collector would scan the modules' new objects again and again (0.1-0.2 s of the
-    # imports here) to find no garbage; frozen afterwards, later full collections skip them.
+    # imports here) to find no garbage. Not frozen afterwards (gc.freeze): that would also
+    # freeze the first session's page, built meanwhile, and a frozen object is never
+    # collected, nor anything it refers to: that session's whole dashboard, once it ends.
     collecting = gc.isenabled()
     gc.disable()
     try:
         for name in IMPORTS:
             importlib.import_module(name)
             await asyncio.sleep(0)  # answer the browser's requests between two imports
+        _start_zarr_io()
     finally:
         if collecting:
             gc.enable()
-        gc.freeze()
+
+
+def _start_zarr_io() -> None:
+    """Start zarr's IO thread now, in the import task's empty context. zarr makes the event
+    loop of that thread on first use, and the loop keeps the context it was made in: made
+    while a session built its dashboard, it kept that session's document (Panel's curdoc)
+    and so its whole dashboard alive for good."""
+    import zarr
+
+    zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+
+
+def _quiet_closed_websockets(loop: asyncio.AbstractEventLoop) -> None:
+    """A browser that leaves while the server writes to it is not an error: each write
+    tornado had started then fails with a closed-socket error that nothing collects
+    (Panel drops the writes of a session that ends), and asyncio logged every one of them
+    as a "Task exception was never retrieved" traceback. Other errors are logged as before."""
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    handler = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if isinstance(context.get("exception"), WebSocketClosedError | StreamClosedError):
+            log.debug("mambapanel: a browser left while the server wrote to it")
+        elif handler is not None:
+            handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
 
 
 def start_imports() -> asyncio.Task | None:
@@ -68,7 +103,10 @@ def start_imports() -> asyncio.Task | None:
     except RuntimeError:
         return None
     if _imports is None or _imports.get_loop() is not loop:
-        _imports = loop.create_task(_import_all())
+        _quiet_closed_websockets(loop)
+        # In an empty context: the task outlives the session that starts it, and the
+        # session's context holds its document (Panel's curdoc).
+        _imports = loop.create_task(_import_all(), context=contextvars.Context())
     return _imports
 
 
@@ -80,6 +118,10 @@ def served(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
     doc = pn.state.curdoc
     in_session = doc is not None and doc.session_context is not None  # not a notebook
     imports = start_imports() if in_session else None
+    if in_session:
+        # Declares the page's Panel extensions (none): without it the page also loads those
+        # of every Panel model imported, Tabulator's half a megabyte of JavaScript among them.
+        pn.extension()
     if imports is None:
         from mambapanel.views.app import dashboard
 
@@ -97,9 +139,14 @@ def served(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
                 page[:] = [dashboard(paths, **params)]
             except Exception as err:  # shown, not only logged: the page would spin forever
                 log.exception("mambapanel: the dashboard could not be built")
-                page[:] = [pn.pane.Alert(f"mambapanel: the dashboard failed: {err!r}")]
+                message = escape(f"mambapanel: the dashboard failed: {err!r}")
+                page[:] = [pn.pane.Alert(message, alert_type="danger")]
+
+    def schedule(_: asyncio.Task) -> None:
+        if doc.session_context is not None:  # None: the browser left, the session ended
+            doc.add_next_tick_callback(fill)
 
     # Built before the browser asks for the document where the imports are done by then
     # (a second session; the first one when Bokeh's JavaScript loads slowly), else after.
-    imports.add_done_callback(lambda _: doc.add_next_tick_callback(fill))
+    imports.add_done_callback(schedule)
     return page

@@ -22,6 +22,11 @@ RED = "#d62728"  # a selected patch
 OUTLINE = "#2166ac"  # the clicked patch: blue stands out on yellow and on red
 HIGHLIGHT = "#000000"  # selected scatterplot points
 SCALES = ("linear", "log")
+# The height of buttons and button groups, as Panel's stylesheets draw them. Given, not left
+# to the stylesheets: a browser draws the figures before a busy server has sent them, and a
+# button that grew when they came moved every figure below it (the patch view by a third of
+# a patch row, enough for a click to land on the wrong patch).
+BUTTON_HEIGHT = 31
 
 
 def block_colours(n_blocks: int) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -10,11 +11,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"  # git-ignored: screenshots and server logs
 SERVER_START_TIMEOUT = 60.0
+COUNTED_SERVE = Path(__file__).with_name("counted_serve.py")
 
 
 def free_port() -> int:
@@ -24,23 +27,46 @@ def free_port() -> int:
 
 
 class Server:
-    """``panel serve dashboards/<app>.py --args ...`` on 127.0.0.1 and a free port."""
+    """``panel serve dashboards/<app>.py --args ...`` on 127.0.0.1 and a free port.
 
-    def __init__(self, app: str, run: str, *more_runs: str) -> None:
+    ``counted``: run by tests/ui/counted_serve.py, which answers :meth:`count`.
+    """
+
+    def __init__(self, app: str, run: str, *more_runs: str, counted: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/{app}"
         # One log per app and run name, replaced by the next session's.
         self.log = ARTIFACTS / f"panel-serve-{app}-{Path(run).name}.log"
         ARTIFACTS.mkdir(exist_ok=True)
+        launcher = [str(COUNTED_SERVE)] if counted else ["-m", "panel"]
         command = [
-            sys.executable, "-m", "panel", "serve", f"dashboards/{app}.py",
+            sys.executable, *launcher, "serve", f"dashboards/{app}.py",
             "--address", "127.0.0.1", "--port", str(self.port),
             "--allow-websocket-origin", f"127.0.0.1:{self.port}",
             "--args", run, *more_runs,
         ]  # fmt: skip
+        answers = subprocess.PIPE if counted else None
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                stdin=answers,
+                stdout=answers or log,
+                stderr=log,
+                text=True,
+            )
         self._wait()
+
+    def count(self) -> dict[str, int]:
+        """Live sessions and Explorer objects once the sessions that no browser is connected
+        to have ended (a ``counted`` server only)."""
+        self.process.stdin.write("count\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def memory(self) -> int:
+        """The server's resident memory, bytes."""
+        return psutil.Process(self.process.pid).memory_info().rss
 
     def _wait(self) -> None:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -66,3 +92,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()

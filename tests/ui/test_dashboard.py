@@ -6,13 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Page, expect
-from served import Server
+from playwright.sync_api import Browser, Page, expect
+from served import ARTIFACTS, Server
 
 from mambapanel.views import export
 from mambapanel.views.data import RunData
@@ -304,3 +305,59 @@ def test_a_bad_run_path_shows_the_message(page: Page, tmp_path: Path) -> None:
         expect(page.get_by_text("Traceback")).to_have_count(0)
     finally:
         server.stop()
+
+
+def frames(page: Page) -> dict[str, list[float]]:
+    """Where each figure's frame is drawn: {name: [left, top, width, height]}."""
+    return {
+        name: [shown[key] for key in ("left", "top", "width", "height")]
+        for name in ("scatterplot", "patch-view", "image-view")
+        for shown in [figure(page, name)]
+    }
+
+
+def test_the_figures_are_where_they_are_with_or_without_the_stylesheets(
+    browser: Browser, explorer_server: Server
+) -> None:
+    """A busy server sends the stylesheets after the browser has drawn the figures; a
+    widget that grew when they came moved the figures below it, under a user's click."""
+    placed = []
+    for styled in (True, False):
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        page = context.new_page()
+        if not styled:
+            page.route(re.compile(r"\.css(\?|$)"), lambda route: route.abort())
+        open_explorer(page, explorer_server, "stage=1&block=0&method=pca")
+        figure(page, "image-view")
+        placed.append(frames(page))
+        context.close()
+    assert placed[0] == placed[1]
+
+
+def test_a_damaged_run_is_named_in_the_page_and_the_rest_works(
+    page: Page, small_run: Path, tmp_path: Path
+) -> None:
+    """A chunk cut short, met by the first render (a link to a clicked patch): the page
+    used to stay on its loading indicator."""
+    run = tmp_path / "damaged"
+    shutil.copytree(small_run, run)
+    chunk = run / "stage1/attention_mean/c/0/0/0"  # block 0
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    server = Server("explorer", str(run))
+    try:
+        open_explorer(page, server, "stage=1&block=0&method=pca&patch=2,5")
+        problem = page.locator(".mambapanel-view-problem", has_text="stage1/attention_mean")
+        expect(problem).to_contain_text(f"run damaged ({run})", timeout=TIMEOUT_MS)
+        expect(problem).to_contain_text("block 0, query 21 cannot be read")
+        assert figure(page, "patch-view")["title"].endswith("cannot be read")
+        assert "from (2, 5)" in figure(page, "image-view")["title"]  # its own chunk is whole
+        page.screenshot(path=ARTIFACTS / "damaged-run.png", full_page=True)
+        select_option(page, "block", "1")
+        wait_for_figure(
+            page, "patch-view", lambda shown: shown["title"] == "block 1: attention from (2, 5)",
+            "the patch view should show block 1, which is whole",
+        )  # fmt: skip
+        expect(problem).to_be_hidden()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()
