@@ -231,6 +231,50 @@ def test_a_vmamba_run_and_a_vim_run_side_by_side(demo_runs):
     assert explorer.selection == [(14, 14), (14, 15), (15, 14), (15, 15)]
 
 
+def test_the_image_view_shows_cls_attention_and_explanations_with_their_faithfulness(
+    demo_runs,
+):
+    """Vim: attention from the clicked patch or from CLS, rollout, attribution; VMamba: no
+    CLS. Each map is the stored one, laid over the whole image; the perturbation test's
+    areas beside it are the stored curves' (findings.metrics.curve_area)."""
+    from mambapanel.findings.metrics import curve_area
+
+    runs = {"vim": demo_runs / "vim-morton", "vmamba": demo_runs / "cross"}
+    explorer = Explorer(runs, stage=0, block=1, image=2)
+    image = explorer.sides[0].image
+    assert image.maps() == ["patch", "cls", "rollout", "attribution"]
+    stored = open_run(runs["vim"])
+    image.shown = "cls"
+    assert image._attention  # CLS needs a block, no patch
+    cls_row = stored[stage_group(0)]["attention_from_cls"].values[2, 1].reshape(8, 8)
+    np.testing.assert_array_equal(image.layer_values(), cls_row)
+    tests = list(stored["test"].values)
+    areas = curve_area(stored["faithfulness"].values, stored["fraction"].values)
+    most, least = areas[2, tests.index("cls")]
+    assert f"this image: {most:.2f} / {least:.2f}" in image.faithfulness.object
+    assert "last block's attention from CLS" in image.faithfulness.object
+    random = np.nanmean(areas[:, tests.index("random")], axis=0)
+    assert f"a random map, same images: {random[0]:.2f} / {random[1]:.2f}" in (
+        image.faithfulness.object
+    )
+
+    explorer.run = "vmamba"
+    image = explorer.sides[0].image
+    assert image.maps() == ["patch", "rollout", "attribution"]
+    explorer.stage = 1  # an 8 x 8 stage under the 16 x 16 relevance grid
+    image.shown = "attribution"
+    relevance = open_run(runs["vmamba"])["relevance"]
+    expected = relevance.sel(explanation="attribution").values[2].reshape(16, 16)
+    np.testing.assert_array_equal(image.layer_values(), expected)
+    layer = image._attention_layer()
+    assert layer.range("col") == layer.range("row") == (-0.5, 7.5)  # the whole image
+    assert "the first 4 were" not in image.faithfulness.object  # image 2 was tested
+    with_map = explorer.figures()
+    image.shown = "patch"  # no patch clicked: nothing over the image
+    assert explorer.figures() != with_map
+    assert not image.faithfulness.visible
+
+
 def test_url_state_round_trip(explorer):
     location = Location()
     explorer.sync_url(location)

@@ -27,12 +27,14 @@ import numpy as np
 
 from mambapanel.storage import Location, location
 from mambapanel.store import (
+    CLS_TEST,
     EMBEDDING_INTER,
     EMBEDDING_INTRA,
     RunError,
     check_run,
     open_run,
     read_member,
+    run_attrs,
     stage_group,
 )
 
@@ -334,11 +336,88 @@ class RunData:
         return row.reshape(self.grid(stage))
 
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
-        """One image's ``attention`` from ``patch`` to every patch, f32(height, width)."""
+        """One image's ``attention`` from ``patch`` to every patch, f32(height, width).
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            A sketched run keeps no matrices of ``image`` (named, with what it keeps).
+        """
+        self._check_kept(image)
         query = self.patch_index(stage, patch)
         group = self._stage_group(stage)
         row = self._read(group, "attention", ("key",), image=image, block=block, query=query)
         return row.astype(np.float32).reshape(self.grid(stage))
+
+    @property
+    def attrs(self) -> dict:
+        """The run's root attrs under today's names (:func:`mambapanel.store.run_attrs`)."""
+        return self._shared(("attrs",), lambda: run_attrs(self.root.attrs))
+
+    def _check_kept(self, image: int) -> None:
+        kept = self.attrs["keep_images"]
+        if image >= kept:
+            raise RunError(
+                f"run {self.name} keeps the matrices of its first {kept} images only (--keep "
+                f"{self.attrs['keep']} --keep-images {kept}): image {image} has none; pick "
+                "one of those, or see its scatterplot points and the block's mean"
+            )
+
+    @property
+    def explanations(self) -> list[str]:
+        """The relevance maps stored per image ("rollout", "attribution"); [] without."""
+        if not self.attrs["explanations"]:
+            return []
+
+        def read() -> list[str]:
+            return [str(name) for name in self.root["explanation"][...].tolist()]
+
+        return self._shared(("explanations",), read)
+
+    @property
+    def has_cls(self) -> bool:
+        """Whether the run stores its CLS token's row and column (a Vim run): the store
+        keeps them exactly where the perturbation test tests the CLS map."""
+
+        def stored() -> bool:
+            return CLS_TEST in self.root["test"][...].tolist()
+
+        return bool(self.attrs["explanations"]) and self._shared(("cls",), stored)
+
+    def cls_attention(self, stage: int, block: int, image: int) -> np.ndarray:
+        """One image's attention from the CLS token to every patch, f32(height, width)."""
+        group = self._stage_group(stage)
+        row = self._read(group, "attention_from_cls", ("key",), image=image, block=block)
+        return row.astype(np.float32).reshape(self.grid(stage))
+
+    @property
+    def relevance_grid(self) -> tuple[int, int]:
+        """The grid (height, width) of the relevance maps: the first stage's full grid."""
+        return int(self.attrs["relevance_grid_height"]), int(self.attrs["relevance_grid_width"])
+
+    def relevance(self, image: int, explanation: str) -> np.ndarray:
+        """One image's relevance map ``explanation``, f32(height, width) on
+        :attr:`relevance_grid`."""
+        index = self.explanations.index(explanation)
+        values = self._read(self.root, "relevance", ("patch",), image=image, explanation=index)
+        return values.astype(np.float32).reshape(self.relevance_grid)
+
+    def faithfulness(self) -> tuple[list[str], np.ndarray]:
+        """The perturbation test's maps and its areas f64(image, test, removal) (removal 0:
+        most relevant first, 1: least; NaN for an image not tested): the mean predicted
+        class probability over the removed fractions
+        (:func:`mambapanel.findings.metrics.curve_area`)."""
+
+        def read() -> tuple[list[str], np.ndarray]:
+            from mambapanel.findings.metrics import curve_area
+
+            tests = [str(name) for name in self.root["test"][...].tolist()]
+            curves = self._read(self.root, "faithfulness", allow_nan=True)
+            areas = curve_area(curves, self.root["fraction"][...])
+            areas.flags.writeable = False
+            return tests, areas
+
+        return self._shared(("faithfulness",), read)
 
     def thumbnail(self, image: int) -> np.ndarray:
         """The model's centre crop of ``image``, uint8(64, 64, 3), read-only."""
@@ -374,7 +453,12 @@ class RunData:
         return self._read(group, variable, dims, method=methods.index(method), **index)
 
     def _read(
-        self, group: zarr.Group, variable: str, dims: tuple[str, ...] | None = None, **index: int
+        self,
+        group: zarr.Group,
+        variable: str,
+        dims: tuple[str, ...] | None = None,
+        allow_nan: bool = False,
+        **index: int,
     ) -> np.ndarray:
         """``variable`` of ``group`` at integer positions ``index`` {dimension: position},
         with the remaining dimensions in the order ``dims`` (what ``isel`` and
@@ -384,7 +468,8 @@ class RunData:
         ------
         mambapanel.store.RunError
             A chunk that cannot be read, or a float value that reads as NaN, the fill value
-            of an unwritten chunk: a complete run has none.
+            of an unwritten chunk: a complete run has none (unless ``allow_nan``: a variable
+            whose NaN says "not measured").
         """
         array = self._shared(
             ("array", group.path, variable), lambda: read_member(self.path, group, variable)
@@ -402,7 +487,7 @@ class RunData:
             values = array[selection]
         except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: a codec's
             raise self._damaged(array, selection, index, f"cannot be read ({err})") from err
-        if values.dtype.kind == "f" and np.isnan(values).any():
+        if values.dtype.kind == "f" and not allow_nan and np.isnan(values).any():
             raise self._damaged(array, selection, index, "reads NaN, the fill value")
         return np.transpose(values, [kept.index(name) for name in dims])
 

@@ -14,7 +14,7 @@ import pandas as pd
 import xarray as xr
 from PIL import Image, ImageDraw
 
-from mambapanel.views.image import ImageView, full_grid_values
+from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
 from mambapanel.views.scatter import ScatterView, padded_range
 from mambapanel.views.style import (
@@ -95,13 +95,13 @@ def patch_figure(view: PatchView) -> Image.Image:
 
 
 def image_figure(view: ImageView) -> Image.Image:
-    """The thumbnail with the attention layer blended in at the view's opacity."""
+    """The thumbnail with the map shown (attention or relevance) blended in at the view's
+    opacity."""
     thumbnail = Image.fromarray(view.run.thumbnail(view.image)).convert("RGBA")
-    attention = view.attention()
+    values = view.layer_values()
     height, width = view.run.grid(view.stage)
-    if attention is not None:
-        pool, full_grid = view.run.pool(view.stage), view.run.full_grid(view.stage)
-        values = scaled(full_grid_values(attention, pool, full_grid), view.scale)
+    if values is not None:
+        values = scaled(values, view.scale)
         how = "log" if view.scale == "log" else "linear"
         layer = shade(values, ATTENTION_CMAP, colour_limits(values), how)
         layer = layer.resize(thumbnail.size, Image.Resampling.NEAREST)

@@ -1,5 +1,7 @@
-"""The Image view: one image (the run's thumbnail, the model's centre crop) with that image's
-own attention from the clicked patch laid over it: content-relevant attention, per image.
+"""The Image view: one image (the run's thumbnail, the model's centre crop) with a map of that
+image laid over it: its own attention from the clicked patch (content-relevant attention,
+per image), from the CLS token (Vim), or an explanation of its prediction (rollout,
+attribution: mambapanel.explain) with the perturbation test's numbers for it beside.
 """
 
 from __future__ import annotations
@@ -47,14 +49,27 @@ def thumbnail_rgb(
     return hv.RGB((xs, ys, *channels), ["col", "row"]).opts(**options)
 
 
-def attention_layer(
-    attention: np.ndarray, pool: int, full_grid: tuple[int, int], opacity: float, scale: str
+# What the Image view can lay over the image: label -> value. "cls" needs a run that stores
+# its CLS token's attention (Vim), the explanations a run made with them.
+MAPS = {
+    "attention from the clicked patch": "patch",
+    "attention from CLS": "cls",
+    "rollout": "rollout",
+    "attribution (gradient × attention)": "attribution",
+}
+MAP_NAMES = {value: label for label, value in MAPS.items()}
+RELEVANCE_MAPS = ("rollout", "attribution")  # on the run's relevance grid, not the stage's
+
+
+def map_layer(
+    values: np.ndarray, extent: tuple[float, float], opacity: float, scale: str
 ) -> hv.Image:
-    """Attention f(height, width) on the stored grid, drawn over the full grid it covers."""
-    values = scaled(full_grid_values(attention, pool, full_grid), scale)
-    full_height, full_width = values.shape
-    xs = (np.arange(full_width) + 0.5) / pool - 0.5
-    ys = (np.arange(full_height) + 0.5) / pool - 0.5
+    """A map f(height, width) of any grid spread over the image, whose plot spans
+    ``extent`` (height, width) stored patches (see :func:`thumbnail_rgb`)."""
+    values = scaled(values, scale)
+    height, width = values.shape
+    xs = (np.arange(width) + 0.5) * extent[1] / width - 0.5
+    ys = (np.arange(height) + 0.5) * extent[0] / height - 0.5
     return hv.Image((xs, ys, values), ["col", "row"], ["attention"]).opts(
         cmap=hex_colours(ATTENTION_CMAP),
         clim=colour_limits(values),
@@ -66,7 +81,8 @@ def attention_layer(
 
 
 class ImageView(pn.viewable.Viewer):
-    """One image with its attention from the clicked patch (needs a block and a patch)."""
+    """One image with a map over it: its attention from the clicked patch (needs a block and
+    a patch), from CLS (needs a block), or a relevance map of its prediction."""
 
     run = param.ClassSelector(class_=RunData, doc="The run whose images are shown.")
     stage = param.Integer(default=0, bounds=(0, None), doc="Stage of the model.")
@@ -79,6 +95,9 @@ class ImageView(pn.viewable.Viewer):
     )
     scale = param.Selector(default="linear", objects=list(SCALES), doc="Colour scale.")
     opacity = param.Number(default=0.5, bounds=(0, 1), doc="Opacity of the attention layer.")
+    shown = param.Selector(
+        default="patch", objects=list(MAPS.values()), doc="The map laid over the image (MAPS)."
+    )
 
     # Whether there is attention to lay over the image; a change of it draws the plot anew
     # (a Bokeh plot keeps its layers and colour bar).
@@ -92,21 +111,72 @@ class ImageView(pn.viewable.Viewer):
         self._opacity = pn.widgets.FloatSlider.from_param(
             self.param.opacity, label="attention opacity", width=FRAME
         )
+        self._maps = pn.widgets.Select(label="map", width=FRAME, css_classes=["mambapanel-map"])
+        self._maps.param.watch(lambda event: setattr(self, "shown", event.new), "value")
+        self.faithfulness = pn.pane.HTML(
+            width=FRAME, visible=False, css_classes=["mambapanel-faithfulness"]
+        )
+        self._offer_maps()
+        self._update_faithfulness()
         self._build()
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self._opacity, self.problems.pane, self._plot)
+        return pn.Column(
+            self._maps, self._opacity, self.problems.pane, self._plot, self.faithfulness
+        )
+
+    def maps(self) -> list[str]:
+        """The maps this run can show at this stage (values of :data:`MAPS`)."""
+        if self.run is None:
+            return ["patch"]
+        cls = ["cls"] if self.problems.read("cls", lambda: self.run.has_cls, False) else []
+        return ["patch", *cls, *self.problems.read("maps", lambda: self.run.explanations, [])]
+
+    @param.depends("run", "stage", watch=True)
+    def _offer_maps(self) -> None:
+        maps = self.maps()
+        self._maps.options = {MAP_NAMES[value]: value for value in maps}
+        self._maps.visible = len(maps) > 1
+        if self.shown not in maps:
+            self.shown = "patch"
+        self._maps.value = self.shown
 
     def attention(self) -> np.ndarray | None:
-        """The image's attention row from the clicked patch, f32(height, width), or None
-        without a block or a patch."""
-        if self.block is None or self.patch is None:
+        """The map shown over the image: the image's attention row from the clicked patch or
+        from CLS, f32(height, width) on the stage's stored grid, or its relevance map on the
+        run's relevance grid; None without what it needs (a block; for ``patch``, a patch)."""
+        if self.shown in RELEVANCE_MAPS:
+            return self.run.relevance(self.image, self.shown)
+        if self.block is None:
+            return None
+        if self.shown == "cls":
+            return self.run.cls_attention(self.stage, self.block, self.image)
+        if self.patch is None:
             return None
         return self.run.image_attention_row(self.stage, self.block, self.image, self.patch)
 
-    @param.depends("block", "patch", watch=True, on_init=True)
+    def layer_values(self) -> np.ndarray | None:
+        """:meth:`attention` on a grid that covers the whole image: the stage's full grid
+        (each stored patch spread over the patches it pools) or the relevance grid."""
+        values = self.attention()
+        if values is None or self.shown in RELEVANCE_MAPS:
+            return values
+        return full_grid_values(values, self.run.pool(self.stage), self.run.full_grid(self.stage))
+
+    @param.depends("block", "patch", "shown", watch=True, on_init=True)
     def _update_attention(self) -> None:
-        self._attention = self.block is not None and self.patch is not None
+        needs = {"patch": (self.block, self.patch), "cls": (self.block,)}.get(self.shown, ())
+        self._attention = all(value is not None for value in needs)
+
+    @param.depends("run", "image", "shown", watch=True)
+    def _update_faithfulness(self) -> None:
+        """The perturbation test's numbers for the map shown, on this image and the run."""
+        if self.run is None or self.shown == "patch":
+            self.faithfulness.visible = False
+            return
+        read = self.problems.read("faithfulness", self.run.faithfulness, ([], None))
+        self.faithfulness.param.update(object=faithfulness_html(*read, self.shown, self.image))
+        self.faithfulness.visible = True
 
     def select(self, x: float | None, y: float | None) -> None:
         """A tap at (col, row) = (x, y) on the image clicks the patch there."""
@@ -119,11 +189,11 @@ class ImageView(pn.viewable.Viewer):
             self._plot[:] = [pn.pane.Alert("No run.", alert_type="warning")]
             return
         image = hv.DynamicMap(
-            self._image, streams=[hv.streams.Params(self, ["image", "block", "patch"])]
+            self._image, streams=[hv.streams.Params(self, ["image", "block", "patch", "shown"])]
         )
         layers = image
         if self._attention:
-            streams = [hv.streams.Params(self, ["block", "image", "patch", "opacity"])]
+            streams = [hv.streams.Params(self, ["block", "image", "patch", "opacity", "shown"])]
             layers = layers * hv.DynamicMap(self._attention_layer, streams=streams)
         # The stream on the image, not on the overlay (see PatchView._build).
         self.tap = hv.streams.Tap(source=image)
@@ -132,8 +202,14 @@ class ImageView(pn.viewable.Viewer):
 
     def _image(self, **_: object) -> hv.RGB:
         image_id = self.run.image_ids[self.image]
-        if self.block is None or self.patch is None:
-            title = f"{image_id}: pick a block and a patch"
+        if self.shown in RELEVANCE_MAPS:
+            title = f"{image_id}: {self.shown} of its prediction"
+        elif self.block is None:
+            title = f"{image_id}: pick a block" + (" and a patch" if self.shown == "patch" else "")
+        elif self.shown == "cls":
+            title = f"{image_id}: block {self.block}, from CLS"
+        elif self.patch is None:
+            title = f"{image_id}: pick a patch"
         else:
             title = f"{image_id}: block {self.block}, from ({self.patch[0]}, {self.patch[1]})"
         blank = np.full((THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), 255, dtype=np.uint8)
@@ -147,17 +223,47 @@ class ImageView(pn.viewable.Viewer):
         )
 
     def _attention_layer(self, **_: object) -> hv.Image:
-        attention = self.problems.read("attention", self.attention, None)
+        values = self.problems.read("attention", self.layer_values, None)
         opacity = self.opacity
+        pool, full_grid = self.run.pool(self.stage), self.run.full_grid(self.stage)
         # None: a plot being replaced, updated once more on its way out, or a damaged run
         # (the message is above the image). Ones, not NaN (HoloViews warns of an all-NaN
         # range), drawn transparent.
-        if attention is None:
-            attention, opacity = np.ones(self.run.grid(self.stage), dtype=np.float32), 0.0
-        return attention_layer(
-            attention,
-            self.run.pool(self.stage),
-            self.run.full_grid(self.stage),
-            opacity,
-            self.scale,
-        )
+        if values is None:
+            values, opacity = np.ones(full_grid, dtype=np.float32), 0.0
+        extent = tuple(side / pool for side in full_grid)
+        return map_layer(values, extent, opacity, self.scale)
+
+
+def faithfulness_html(tests: list[str], areas: np.ndarray | None, shown: str, image: int) -> str:
+    """The perturbation test of map ``shown`` (a test of ``tests``; areas f(image, test,
+    removal) as :meth:`RunData.faithfulness` returns them) on ``image`` and over the run's
+    tested images, beside the random map's, as HTML."""
+    test = shown
+    if areas is None or test not in tests:
+        return "<p>This run has no perturbation test of this map.</p>"
+    tested = np.isfinite(areas).all(axis=(1, 2))
+    if not tested.any():
+        return "<p>The perturbation test ran on no image of this run.</p>"
+    row = tests.index(test)
+    random = tests.index("random") if "random" in tests else None
+
+    def areas_of(images: np.ndarray | int, index: int) -> str:
+        most, least = np.atleast_2d(areas[images, index]).mean(axis=0)
+        return f"{most:.2f} / {least:.2f}"
+
+    lines = [
+        "<p><b>Perturbation test</b> (mean class probability as patches are removed, "
+        "most relevant first / least relevant first; a faithful map: low / high)</p><ul>"
+    ]
+    if tested[image]:
+        lines.append(f"<li>this image: {areas_of(image, row)}</li>")
+    else:
+        lines.append(f"<li>this image: not tested (the first {int(tested.sum())} were)</li>")
+    lines.append(f"<li>the run's {int(tested.sum())} images: {areas_of(tested, row)}</li>")
+    if random is not None:
+        lines.append(f"<li>a random map, same images: {areas_of(tested, random)}</li>")
+    lines.append("</ul>")
+    if shown == "cls":  # the test removes patches by the last block's CLS row
+        lines.append("<p>(tested: the last block's attention from CLS, |α|)</p>")
+    return "".join(lines)
