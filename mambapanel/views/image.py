@@ -62,7 +62,11 @@ RELEVANCE_MAPS = ("rollout", "attribution")  # on the run's relevance grid, not 
 
 
 def map_layer(
-    values: np.ndarray, extent: tuple[float, float], opacity: float, scale: str
+    values: np.ndarray,
+    extent: tuple[float, float],
+    opacity: float,
+    scale: str,
+    label: str = "attention",
 ) -> hv.Image:
     """A map f(height, width) of any grid spread over the image, whose plot spans
     ``extent`` (height, width) stored patches (see :func:`thumbnail_rgb`)."""
@@ -70,7 +74,7 @@ def map_layer(
     height, width = values.shape
     xs = (np.arange(width) + 0.5) * extent[1] / width - 0.5
     ys = (np.arange(height) + 0.5) * extent[0] / height - 0.5
-    return hv.Image((xs, ys, values), ["col", "row"], ["attention"]).opts(
+    return hv.Image((xs, ys, values), ["col", "row"], [label]).opts(
         cmap=hex_colours(ATTENTION_CMAP),
         clim=colour_limits(values),
         logz=scale == "log",
@@ -232,7 +236,8 @@ class ImageView(pn.viewable.Viewer):
         if values is None:
             values, opacity = np.ones(full_grid, dtype=np.float32), 0.0
         extent = tuple(side / pool for side in full_grid)
-        return map_layer(values, extent, opacity, self.scale)
+        label = "relevance" if self.shown in RELEVANCE_MAPS else "attention"
+        return map_layer(values, extent, opacity, self.scale, label)
 
 
 def faithfulness_html(tests: list[str], areas: np.ndarray | None, shown: str, image: int) -> str:
