@@ -3,8 +3,8 @@ thumbnails, read lazily from the run's zarr store and shared by every session of
 
 Addressing is the store's: stage, block, patch (row, col) on the stored grid, image index.
 The views read the zarr arrays directly, not through xarray: opening a run as a DataTree
-builds an index per coordinate and makes xarray import Dask and SciPy, 0.5-0.8 s of a
-served dashboard's first render here, for a few small array reads.
+builds an index per coordinate and makes xarray import Dask and SciPy, a large part of a
+served dashboard's first render, for a few small array reads.
 
 A run that is damaged on disk (a chunk file deleted or cut short, a ``zarr.json`` that is
 not metadata) raises :class:`mambapanel.store.RunError` on the read that meets it, naming

@@ -3,12 +3,11 @@
 
 Why: a HoloViews update of a figure re-evaluates its elements, ranges, axes and options and
 then has Bokeh re-walk the whole page's model graph (``hold_render`` freezes the document
-and thawing recomputes it). For a lasso at p² = 3,136 that was about 90 % of 110 ms: two
-overlay updates (highlight, patch grid) and one re-walk of ~200 models, each about a
-third. Writing a few data columns, a title and a colour range takes about a millisecond
-and leaves the model graph alone. The element each view builds from its state stays the
-one description of the figure: a view writes what that element would hold, and
-``tests/test_views.py`` checks the result against a fresh render.
+and thawing recomputes it): for a lasso, most of its time (benchmarks/RESULTS.md). Writing
+a few data columns, a title and a colour range leaves the model graph alone. The element
+each view builds from its state stays the one description of the figure: a view writes
+what that element would hold, and ``tests/test_views.py`` checks the result against a
+fresh render.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ SPREAD_PX = 3
 # More glyphs than this are drawn with WebGL, fewer on a canvas (see style.named).
 WEBGL_ABOVE = 10_000
 # Datashader is imported on first use, not with this module: Numba compiles its kernels at
-# import and on first call (about 10 s here), which a dashboard of a few thousand points
+# import and on first call (seconds), which a dashboard of a few thousand points
 # (1,000 images x 8 blocks, or 3,136 patches) should not wait for.
 
 

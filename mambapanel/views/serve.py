@@ -1,10 +1,10 @@
 """A served page that answers at once: what ``dashboards/*.py`` call.
 
 A session's page is sent to the browser only when its script has run. Had the script built
-the dashboard itself, the first session of a fresh ``panel serve`` would spend 2-2.5 s
+the dashboard itself, the first session of a fresh ``panel serve`` would spend seconds
 importing pandas, HoloViews, zarr and the views and building the figures while the browser
-waits for the page; then the browser would load Bokeh's JavaScript (0.5-1 s) while the
-server waits for it.
+waits for the page; then the browser would load Bokeh's JavaScript while the server waits
+for it.
 
 :func:`served` overlaps the two. The script returns a page holding a loading indicator, and
 the imports start on the server's event loop, one module at a time, so that the browser's
@@ -47,8 +47,8 @@ _imports: asyncio.Task | None = None
 
 
 async def _import_all() -> None:
-    # The collector would scan the modules' new objects again and again (0.1-0.2 s of the
-    # imports here) to find no garbage. Not frozen afterwards (gc.freeze): that would also
+    # The collector would scan the modules' new objects again and again, to find no
+    # garbage. Not frozen afterwards (gc.freeze): that would also
     # freeze the first session's page, built meanwhile, and a frozen object is never
     # collected, nor anything it refers to: that session's whole dashboard, once it ends.
     collecting = gc.isenabled()

@@ -32,7 +32,7 @@ BUTTON_HEIGHT = 31
 def block_colours(n_blocks: int) -> list[str]:
     """One distinct colour per block: Category10, then Glasbey's categorical palette
     (colorcet's ``glasbey_category10`` past its first ten). colorcet is imported only for
-    more than ten blocks: its import takes a quarter of a second here."""
+    more than ten blocks: its import is a noticeable part of a first render."""
     palette = list(Category10_10)
     if n_blocks > len(palette):
         import colorcet
