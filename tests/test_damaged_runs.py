@@ -12,13 +12,13 @@ import panel as pn
 import pytest
 from test_views import _rendered
 
-from mambapanel.store import RunError, check_run
+from mambapanel.store import RunError, check_run, stage_group
 from mambapanel.views import Explorer, RunData, dashboard
 from mambapanel.views.findings import FindingsView
 
-MEAN_CHUNK = Path("stage1/attention_mean/c/0/0/0")  # block 0: every query row of it
-IMAGE_CHUNK = Path("stage1/attention/c/0/0/0/0")  # image 0, block 0
-INTRA_CHUNK = Path("stage1/embedding_intra/c/0/0/0/0")  # method 0 (pca), block 0
+MEAN_CHUNK = Path(stage_group(1), "attention_mean/c/0/0/0")  # block 0: every query row of it
+IMAGE_CHUNK = Path(stage_group(1), "attention/c/0/0/0/0")  # image 0, block 0
+INTRA_CHUNK = Path(stage_group(1), "embedding_intra/c/0/0/0/0")  # method 0 (pca), block 0
 
 
 def damaged(small_run: Path, where: Path, name: str, damage) -> Path:
@@ -41,7 +41,7 @@ def runs(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "truncated": damaged(small_run, where, "truncated", lambda run: cut(run / IMAGE_CHUNK)),
         "metadata": damaged(
             small_run, where, "metadata",
-            lambda run: (run / "stage1/attention_mean/zarr.json").write_text(""),
+            lambda run: (run / stage_group(1) / "attention_mean/zarr.json").write_text(""),
         ),
         "root": damaged(small_run, where, "root", lambda run: (run / "zarr.json").write_text("{")),
         "embedding": damaged(
@@ -49,7 +49,7 @@ def runs(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         ),
         "inter": damaged(
             small_run, where, "inter",
-            lambda run: (run / "stage1/embedding_inter/zarr.json").write_text("[1,"),
+            lambda run: (run / stage_group(1) / "embedding_inter/zarr.json").write_text("[1,"),
         ),
     }  # fmt: skip
 
@@ -59,18 +59,20 @@ def test_each_read_that_meets_damage_names_the_run_the_array_and_the_problem(run
     with pytest.raises(RunError) as deleted:
         RunData(runs["deleted"]).attention_row(1, 0, (2, 5))
     assert str(deleted.value) == (
-        f"run deleted ({runs['deleted']}): stage1/attention_mean: chunk file {MEAN_CHUNK} is "
-        "missing (block 0, query 21 reads NaN, the fill value)"
+        f"run deleted ({runs['deleted']}): {stage_group(1)}/attention_mean: chunk file "
+        f"{MEAN_CHUNK} is missing (block 0, query 21 reads NaN, the fill value)"
     )
     with pytest.raises(RunError) as truncated:
         RunData(runs["truncated"]).image_attention_row(1, 0, 0, (2, 5))
     message = str(truncated.value)
     assert message.startswith(
-        f"run truncated ({runs['truncated']}): stage1/attention: image 0, block 0, query 21 "
-        "cannot be read ("
+        f"run truncated ({runs['truncated']}): {stage_group(1)}/attention: image 0, block 0, "
+        "query 21 cannot be read ("
     )
     assert message.endswith(f"; chunk file {IMAGE_CHUNK}: 100 bytes, {chunk} bytes expected")
-    with pytest.raises(RunError, match=r"stage1/attention_mean/zarr\.json: damaged metadata"):
+    with pytest.raises(
+        RunError, match=rf"{stage_group(1)}/attention_mean/zarr\.json: damaged metadata"
+    ):
         RunData(runs["metadata"]).attention_row(1, 0, (2, 5))
     with pytest.raises(RunError, match=r"root/zarr\.json: damaged metadata.*JSONDecodeError"):
         check_run(runs["root"])
@@ -91,7 +93,7 @@ def test_a_damaged_attention_row_is_named_above_the_patch_view(runs, name, block
     problems = side.patches.problems
     assert problems.pane.visible
     assert str(runs[name]) in problems.pane.object
-    assert "stage1/attention_mean" in problems.pane.object
+    assert f"{stage_group(1)}/attention_mean" in problems.pane.object
     assert side.patches._content()[1] == "block 0: attention from (2, 5) cannot be read"
     explorer.block = 1  # one chunk deleted: block 1 is whole; damaged metadata: it is not
     assert problems.pane.visible is not block_1_whole
@@ -110,7 +112,7 @@ def test_a_damaged_image_chunk_is_named_above_the_image_view(runs):
     image = side.image
     layer = image._attention_layer()
     assert image.problems.pane.visible
-    assert "stage1/attention: image 0, block 0" in image.problems.pane.object
+    assert f"{stage_group(1)}/attention: image 0, block 0" in image.problems.pane.object
     assert layer.opts["alpha"] == 0  # nothing drawn over the image
     assert not side.patches.problems.pane.visible  # the mean attention is whole
     explorer.image = 1
@@ -145,8 +147,8 @@ def test_the_findings_tab_names_a_run_that_cannot_be_opened(runs, small_run):
 @pytest.mark.parametrize(
     ("name", "block", "expected"),
     [
-        ("embedding", 0, f"stage1/embedding_intra: chunk file {INTRA_CHUNK} is missing"),
-        ("inter", None, "stage1/embedding_inter/zarr.json: damaged metadata"),
+        ("embedding", 0, f"{stage_group(1)}/embedding_intra: chunk file {INTRA_CHUNK} is missing"),
+        ("inter", None, f"{stage_group(1)}/embedding_inter/zarr.json: damaged metadata"),
     ],
 )
 def test_a_damaged_embedding_is_named_in_place_of_the_scatterplot(runs, name, block, expected):

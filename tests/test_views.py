@@ -576,7 +576,7 @@ def test_a_run_changed_on_disk_is_read_anew_by_the_sessions_opened_after(small_r
     shared = SharedReads(max_bytes=2**20)
     before = RunData(run, shared=shared)
     assert before.methods(1) == ["pca", "tsne"]
-    group = zarr.open_group(run / "stage1", mode="r+")
+    group = zarr.open_group(run / stage_group(1), mode="r+")
     del group["method"]
     group.create_array("method", shape=(2,), dtype=str, dimension_names=("method",))[...] = [
         "pca", "umap",

@@ -15,6 +15,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 from served import ARTIFACTS, Server
 
+from mambapanel.store import stage_group
 from mambapanel.views import export
 from mambapanel.views.data import RunData
 from mambapanel.views.explorer import STATUS_PATCHES
@@ -341,12 +342,14 @@ def test_a_damaged_run_is_named_in_the_page_and_the_rest_works(
     used to stay on its loading indicator."""
     run = tmp_path / "damaged"
     shutil.copytree(small_run, run)
-    chunk = run / "stage1/attention_mean/c/0/0/0"  # block 0
+    chunk = run / stage_group(1) / "attention_mean/c/0/0/0"  # block 0
     chunk.write_bytes(chunk.read_bytes()[:100])
     server = Server("explorer", str(run))
     try:
         open_explorer(page, server, "stage=1&block=0&method=pca&patch=2,5")
-        problem = page.locator(".mambapanel-view-problem", has_text="stage1/attention_mean")
+        problem = page.locator(
+            ".mambapanel-view-problem", has_text=f"{stage_group(1)}/attention_mean"
+        )
         expect(problem).to_contain_text(f"run damaged ({run})", timeout=TIMEOUT_MS)
         expect(problem).to_contain_text("block 0, query 21 cannot be read")
         assert figure(page, "patch-view")["title"].endswith("cannot be read")
