@@ -26,6 +26,7 @@ from mambapanel.views import Explorer, RunData, dashboard
 from mambapanel.views import scatter as scatter_module
 from mambapanel.views.data import SharedReads
 from mambapanel.views.geometry import PointIndex, patch_at_location, patches_at_location
+from mambapanel.views.scatter import padded_range
 from mambapanel.views.style import hex_colours
 
 
@@ -229,6 +230,17 @@ def test_a_vmamba_run_and_a_vim_run_side_by_side(demo_runs):
     right.scatter.select_patches([(7, 7)])
     right.scatter.param.trigger("selected")
     assert explorer.selection == [(14, 14), (14, 15), (15, 14), (15, 15)]
+
+
+def test_grids_of_two_sizes_side_by_side_each_frame_their_own(demo_runs):
+    """The VMamba side's 16 x 16 grid and the Vim side's 8 x 8 one, each framed on its own
+    (patch and image view): linked axes gave both the first extent drawn."""
+    runs = {"vmamba": demo_runs / "cross", "vim": demo_runs / "vim-morton"}
+    document = _rendered(Explorer(runs, stage=0, block=0, compare="runs", run_b="vim"))
+    for name in ("patch-view", "image-view"):
+        drawn = document.select({"name": name})
+        extents = sorted((f.x_range.start, f.x_range.end, f.y_range.end) for f in drawn)
+        assert extents == [(-0.5, 7.5, -0.5), (-0.5, 15.5, -0.5)], name
 
 
 def test_url_state_round_trip(explorer):
@@ -452,6 +464,35 @@ def test_compare_of_three_runs_starts_with_the_first_two_and_picks_any(three_run
     np.testing.assert_allclose(
         explorer.shown[1].patches.values(), -explorer.shown[0].patches.values(), rtol=1e-6
     )
+
+
+def test_compare_frames_each_side_on_its_own_points_on_every_change(three_runs):
+    """Two runs whose blocks' points differ in scale (x1, x2): after a tap opens a block, and
+    on every change of method, block, stage and mode, each scatterplot's axes frame its own
+    points (padded as Datashader's are), not the extent shown before."""
+    paths = {name: path for name, (path, _) in three_runs.items()}
+    explorer = Explorer(paths, stage=1, method="pca", compare="runs", run_b="morton")
+    document = _rendered(explorer)
+
+    def assert_framed(change: str) -> None:
+        drawn = document.select({"name": "scatterplot"})
+        figures = {figure.title.text.split(" · ")[0]: figure for figure in drawn}
+        for side in explorer.shown:
+            figure, points = figures[side.scatter.run.name], side.scatter.points
+            for axis, values in ((figure.x_range, points.x), (figure.y_range, points.y)):
+                shown = (axis.start, axis.end)
+                assert shown == pytest.approx(padded_range(values)), (change, side.scatter.run)
+
+    assert explorer.block is None
+    assert_framed("Mode 1")
+    with set_curdoc(document):
+        tapped = explorer.sides[0].scatter.points
+        explorer.sides[0].scatter.tap.event(x=float(tapped.x[3]), y=float(tapped.y[3]))
+        assert explorer.block == int(tapped.block[3])
+        assert_framed("a tap opened a block")
+        for change in ({"method": "tsne"}, {"block": 1}, {"stage": 2}, {"block": None}):
+            explorer.param.update(change)
+            assert_framed(str(change))
 
 
 def test_a_run_that_cannot_be_opened_is_named_and_the_shown_run_stays(small_run, tmp_path):

@@ -17,7 +17,7 @@ from mambapanel.findings.record import Findings
 from mambapanel.findings.tables import LEGEND, ORDER_INTRODUCTION, order_section, run_sections
 from mambapanel.store import RunError
 from mambapanel.views.data import RunData, RunsLike, load_runs
-from mambapanel.views.style import block_colours, named
+from mambapanel.views.style import block_colours, figure_pane, named
 
 PROFILES = (
     ("locality", "pairs", "grid_distance", "grid distance (Chebyshev, patches)"),
@@ -151,8 +151,6 @@ def run_panel(findings: Findings, stage: int) -> pn.Column:
         # A pane per figure in a Row, not one hv.Layout (nor a FlexBox): Bokeh drew the figures
         # of either, shown when their tab opens, with frames of zero width and the axis labels
         # on top of each other.
-        curves = [
-            pn.pane.HoloViews(plot, linked_axes=False) for plot in locality_curves(dataset, stage)
-        ]
+        curves = [figure_pane(plot) for plot in locality_curves(dataset, stage)]
         parts.append(pn.Row(*curves))
     return pn.Column(*parts, sizing_mode="stretch_width")

@@ -18,6 +18,7 @@ from mambapanel.views.style import (
     ATTENTION_CMAP,
     SCALES,
     colour_limits,
+    figure_pane,
     hex_colours,
     named,
     scaled,
@@ -128,7 +129,7 @@ class ImageView(pn.viewable.Viewer):
         # The stream on the image, not on the overlay (see PatchView._build).
         self.tap = hv.streams.Tap(source=image)
         self.tap.add_subscriber(held(self.select))
-        self._plot[:] = [pn.pane.HoloViews(layers * outlined(self))]
+        self._plot[:] = [figure_pane(layers * outlined(self))]
 
     def _image(self, **_: object) -> hv.RGB:
         image_id = self.run.image_ids[self.image]

@@ -22,6 +22,7 @@ from mambapanel.views.style import (
     RED,
     SCALES,
     colour_limits,
+    figure_pane,
     hex_colours,
     named,
     scaled,
@@ -170,7 +171,7 @@ class PatchView(pn.viewable.Viewer):
         self.tap = hv.streams.Tap(source=grid)
         self.tap.add_subscriber(held(self.select))
         outlined = outline(self.patch).opts(hooks=[self._outline_plots.hook])
-        self._plot[:] = [pn.pane.HoloViews(grid * outlined)]
+        self._plot[:] = [figure_pane(grid * outlined)]
 
     @param.depends("block", "patch", "selection", watch=True)
     def _redraw(self) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 # imports this one.
 import holoviews.plotting.bokeh  # noqa: F401
 import numpy as np
+import panel as pn
 from bokeh.palettes import Category10_10
 from holoviews.plotting.util import bokeh_palette_to_palette
 
@@ -72,6 +73,16 @@ def colour_limits(values: np.ndarray) -> tuple[float, float]:
     if low == high:
         return (low / 2, low * 2) if low > 0 else (low - 0.5, high + 0.5)
     return low, high
+
+
+def figure_pane(element: object) -> pn.pane.HoloViews:
+    """A view's figure (a HoloViews element) as a pane whose axes are its own.
+
+    Panel links the axes of HoloViews panes of equal dimensions across a page; the two sides
+    of a compare page then shared one extent, the first drawn: a Mode 1 scatterplot's after a
+    block opened on either side, a 16x16 patch grid beside an 8x8 one.
+    """
+    return pn.pane.HoloViews(element, linked_axes=False)
 
 
 def named(name: str, webgl: bool = False) -> Callable[[object, object], None]:
