@@ -15,11 +15,11 @@ from mambapanel.views.hold import held
 from mambapanel.views.patch import FRAME, grid_opts, outlined, patch_at
 from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
-    ATTENTION_CMAP,
+    SCALE_LABELS,
     SCALES,
+    attention_cmap,
     colour_limits,
     figure_pane,
-    hex_colours,
     named,
     scaled,
 )
@@ -57,11 +57,12 @@ def attention_layer(
     xs = (np.arange(full_width) + 0.5) / pool - 0.5
     ys = (np.arange(full_height) + 0.5) / pool - 0.5
     return hv.Image((xs, ys, values), ["col", "row"], ["attention"]).opts(
-        cmap=hex_colours(ATTENTION_CMAP),
-        clim=colour_limits(values),
+        cmap=attention_cmap(scale),
+        clim=colour_limits(values, scale),
         logz=scale == "log",
         alpha=opacity,
         colorbar=True,
+        clabel=SCALE_LABELS[scale],
         clipping_colors={"NaN": (0, 0, 0, 0)},
     )
 
@@ -78,7 +79,9 @@ class ImageView(pn.viewable.Viewer):
     patch = param.Tuple(
         default=None, length=2, allow_None=True, doc="(row, col) of the clicked patch."
     )
-    scale = param.Selector(default="linear", objects=list(SCALES), doc="Colour scale.")
+    scale = param.Selector(
+        default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
+    )
     opacity = param.Number(default=0.5, bounds=(0, 1), doc="Opacity of the attention layer.")
 
     # Whether there is attention to lay over the image; a change of it draws the plot anew
