@@ -371,7 +371,8 @@ def test_findings_view_shows_stored_findings_and_says_how_to_add_them(two_runs):
     view.stage = 2
     assert "##### Stage 2: grid 4x4" in view_text(view.tabs[0])
     panel = run_panel(view.findings["cross"], 1)
-    assert isinstance(panel[1], pn.pane.HoloViews)
+    curves = panel[1]  # a figure per stored locality profile (grid, sequence)
+    assert [type(pane) for pane in curves] == [pn.pane.HoloViews, pn.pane.HoloViews]
 
     stage.compute_run(morton, seeds=1)
     view = FindingsView([cross, morton])

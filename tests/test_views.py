@@ -26,6 +26,7 @@ from mambapanel.views import Explorer, RunData, dashboard
 from mambapanel.views import scatter as scatter_module
 from mambapanel.views.data import SharedReads
 from mambapanel.views.geometry import PointIndex, patch_at_location, patches_at_location
+from mambapanel.views.scatter import padded_range
 from mambapanel.views.style import hex_colours
 
 
@@ -121,12 +122,14 @@ def test_tap_on_a_patch_shows_its_stored_attention_row(explorer, small_run):
     assert explorer.patch == (3, 5)
     assert side.patches.display == "attention"
     expected = run["attention_mean"].isel(block=0, query=3 * 8 + 5).values.reshape(8, 8)
-    np.testing.assert_array_equal(side.patches.values(), expected)
+    np.testing.assert_array_equal(side.patches.values(), np.abs(expected))  # strength
     per_image = run["attention"].isel(image=0, block=0, query=3 * 8 + 5).values.reshape(8, 8)
     np.testing.assert_array_equal(side.image.attention(), per_image)
     assert side.image.patch == (3, 5)
     side.patches.tap.event(x=-3, y=2)  # outside the grid: nothing changes
     assert explorer.patch == (3, 5)
+    explorer.scale = "signed"
+    np.testing.assert_array_equal(side.patches.values(), expected)
     explorer.scale = "log"
     np.testing.assert_array_equal(side.patches.values(), np.abs(expected))
 
@@ -174,7 +177,7 @@ def test_compare_two_blocks_and_two_runs_with_the_same_patch(small_run):
     assert right.patches.block == 1
     assert left.patches.patch == right.patches.patch == (2, 6)
     data = RunData(small_run)
-    np.testing.assert_array_equal(right.patches.values(), data.attention_row(1, 1, (2, 6)))
+    np.testing.assert_array_equal(right.patches.values(), np.abs(data.attention_row(1, 1, (2, 6))))
     explorer.compare = "runs"
     explorer.run_b = "copy"
     left, right = explorer.shown
@@ -220,7 +223,7 @@ def test_a_vmamba_run_and_a_vim_run_side_by_side(demo_runs):
     explorer.patch = (5, 9)
     assert right.patches.patch == right.image.patch == (2, 4)
     vim = RunData(demo_runs / "vim-morton")
-    np.testing.assert_array_equal(right.patches.values(), vim.attention_row(0, 0, (2, 4)))
+    np.testing.assert_array_equal(right.patches.values(), np.abs(vim.attention_row(0, 0, (2, 4))))
     right.patches.tap.event(x=1, y=6)  # a click on the Vim side: its patch (6, 1) ...
     assert right.patches.patch == (6, 1)
     assert explorer.patch == left.patches.patch == (13, 3)  # ... under it on the left
@@ -275,17 +278,33 @@ def test_the_image_view_shows_cls_attention_and_explanations_with_their_faithful
     assert not image.faithfulness.visible
 
 
+def test_grids_of_two_sizes_side_by_side_each_frame_their_own(demo_runs):
+    """The VMamba side's 16 x 16 grid and the Vim side's 8 x 8 one, each framed on its own
+    (patch and image view): linked axes gave both the first extent drawn."""
+    runs = {"vmamba": demo_runs / "cross", "vim": demo_runs / "vim-morton"}
+    document = _rendered(Explorer(runs, stage=0, block=0, compare="runs", run_b="vim"))
+    for name in ("patch-view", "image-view"):
+        drawn = document.select({"name": name})
+        extents = sorted((f.x_range.start, f.x_range.end, f.y_range.end) for f in drawn)
+        assert extents == [(-0.5, 7.5, -0.5), (-0.5, 15.5, -0.5)], name
+
+
 def test_url_state_round_trip(explorer):
     location = Location()
     explorer.sync_url(location)
     assert location.query_params == {
         "run": explorer.run, "stage": 1, "block": 0, "method": "pca", "image": 0,
+        "scale": "strength",
     }  # fmt: skip
     explorer.patch = (4, 2)
     assert location.query_params["patch"] == "4,2"
     location.search = "?stage=2&block=all&method=tsne&patch=3,1&image=1"
     assert (explorer.stage, explorer.block, explorer.method) == (2, None, "tsne")
     assert (explorer.patch, explorer.image) == ((3, 1), 1)
+    location.search = "?scale=signed"
+    assert explorer.scale == "signed"
+    location.search = "?scale=linear"  # the earlier name of strength
+    assert explorer.scale == location.query_params["scale"] == "strength"
     location.search = "?stage=9&patch=8,8"
     assert explorer.stage == 2
     assert explorer.patch == (3, 1)
@@ -311,6 +330,37 @@ def test_exports(explorer, small_run):
     # The patch grid's strongest patch is drawn in the colormap's darkest red.
     grid = np.asarray(picture)
     assert (grid.reshape(-1, 3) == _rgb(hex_colours("YlOrRd")[-1])).all(axis=1).any()
+
+
+def test_the_exported_patch_grid_draws_each_colour_scale(explorer, small_run):
+    """A patch row with a strong negative and a strong positive value: on strength and log
+    the larger |α| is the darkest red whatever its sign; on signed the negative is blue and
+    the positive red; the caption names the scale."""
+    from mambapanel.views import export
+
+    data = RunData(small_run)
+    rows = {(r, c): data.attention_row(1, 0, (r, c)) for r in range(8) for c in range(8)}
+    patch = max(rows, key=lambda p: min(-rows[p].min(), rows[p].max()))
+    attention = rows[patch]
+    negative, positive = np.argmin(attention), np.argmax(attention)
+    strongest = np.argmax(np.abs(attention))
+    explorer.patch = patch
+    side = explorer.sides[0]
+
+    def drawn(index: int) -> np.ndarray:
+        picture = np.asarray(export.patch_figure(side.patches))
+        factor = picture.shape[0] // 8
+        row, col = divmod(int(index), 8)
+        return picture[row * factor + factor // 2, col * factor + factor // 2].astype(int)
+
+    for scale in ("strength", "log"):
+        explorer.scale = scale
+        assert (drawn(strongest) == _rgb(hex_colours("YlOrRd")[-1])).all(), scale
+    explorer.scale = "signed"
+    blue, red = drawn(negative), drawn(positive)
+    assert blue[2] > blue[0] + 40 and red[0] > red[2] + 40
+    captions = [caption for caption, _ in export.side_figures(*side.views())]
+    assert captions[1].endswith("· signed α") and captions[2].endswith("· signed α")
 
 
 def _rgb(colour: str) -> np.ndarray:
@@ -436,7 +486,8 @@ def test_selection_and_clicks_redraw_the_figures_as_a_fresh_render_would(explore
     grid = _figure(document, "patch-view")
     assert grid["title"] == "block 0: attention from (2, 5)"
     np.testing.assert_array_equal(
-        grid["glyphs"]["Image"][0]["image"][0], RunData(small_run).attention_row(1, 0, (2, 5))
+        grid["glyphs"]["Image"][0]["image"][0],
+        np.abs(RunData(small_run).attention_row(1, 0, (2, 5))),
     )
     assert grid["glyphs"]["Quad"][0] == {
         "left": [4.5],
@@ -478,7 +529,9 @@ def test_explorer_of_three_runs_opens_each_when_shown_and_switches(three_runs, s
         assert side.caption.object.startswith(f"<p><b>{name}</b> ({name})")
         np.testing.assert_allclose(side.scatter.points.x, points.x * scale, rtol=1e-6)
         np.testing.assert_allclose(
-            side.patches.values(), reference.attention_row(1, 0, (3, 4)) * scale, rtol=1e-6
+            side.patches.values(),
+            np.abs(reference.attention_row(1, 0, (3, 4)) * scale),
+            rtol=1e-6,
         )
         assert explorer.runs[name].opened
     assert (explorer.stage, explorer.block) == (1, 0)  # kept across runs that have them
@@ -486,7 +539,7 @@ def test_explorer_of_three_runs_opens_each_when_shown_and_switches(three_runs, s
 
 def test_compare_of_three_runs_starts_with_the_first_two_and_picks_any(three_runs):
     paths = [str(path) for path, _ in three_runs.values()]
-    explorer = dashboard(paths, compare="runs", block=0)
+    explorer = dashboard(paths, compare="runs", block=0, scale="signed")
     left, right = explorer.shown
     assert (left.scatter.run.name, right.scatter.run.name) == ("cross", "morton")
     assert not explorer.runs["spiral"].opened
@@ -496,6 +549,35 @@ def test_compare_of_three_runs_starts_with_the_first_two_and_picks_any(three_run
     np.testing.assert_allclose(
         explorer.shown[1].patches.values(), -explorer.shown[0].patches.values(), rtol=1e-6
     )
+
+
+def test_compare_frames_each_side_on_its_own_points_on_every_change(three_runs):
+    """Two runs whose blocks' points differ in scale (x1, x2): after a tap opens a block, and
+    on every change of method, block, stage and mode, each scatterplot's axes frame its own
+    points (padded as Datashader's are), not the extent shown before."""
+    paths = {name: path for name, (path, _) in three_runs.items()}
+    explorer = Explorer(paths, stage=1, method="pca", compare="runs", run_b="morton")
+    document = _rendered(explorer)
+
+    def assert_framed(change: str) -> None:
+        drawn = document.select({"name": "scatterplot"})
+        figures = {figure.title.text.split(" · ")[0]: figure for figure in drawn}
+        for side in explorer.shown:
+            figure, points = figures[side.scatter.run.name], side.scatter.points
+            for axis, values in ((figure.x_range, points.x), (figure.y_range, points.y)):
+                shown = (axis.start, axis.end)
+                assert shown == pytest.approx(padded_range(values)), (change, side.scatter.run)
+
+    assert explorer.block is None
+    assert_framed("Mode 1")
+    with set_curdoc(document):
+        tapped = explorer.sides[0].scatter.points
+        explorer.sides[0].scatter.tap.event(x=float(tapped.x[3]), y=float(tapped.y[3]))
+        assert explorer.block == int(tapped.block[3])
+        assert_framed("a tap opened a block")
+        for change in ({"method": "tsne"}, {"block": 1}, {"stage": 2}, {"block": None}):
+            explorer.param.update(change)
+            assert_framed(str(change))
 
 
 def test_a_run_that_cannot_be_opened_is_named_and_the_shown_run_stays(small_run, tmp_path):

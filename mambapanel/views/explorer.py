@@ -77,7 +77,12 @@ class Explorer(pn.viewable.Viewer):
         doc="None: Mode 1, one point per image and block; a block: Mode 2, one per patch.",
     )
     method = param.Selector(check_on_set=True, doc="Dimensionality reduction (as stored).")
-    scale = param.Selector(default="linear", objects=list(SCALES), doc="Colour scale of attention.")
+    scale = param.Selector(
+        default="strength",
+        objects=list(SCALES),
+        doc="Colour scale of attention: strength |α| (the study's), signed α (diverging, "
+        "centred at zero), or log |α|.",
+    )
     image = param.Integer(default=0, bounds=(0, None), doc="Index of the Image view's image.")
     patch = param.Tuple(
         default=None, length=2, allow_None=True, doc="(row, col) of the clicked patch."
@@ -375,7 +380,7 @@ class Explorer(pn.viewable.Viewer):
             ),
             select("method", "DR method", 90),
             pn.widgets.RadioButtonGroup.from_param(
-                self.param.scale, color="light", width=110, height=BUTTON_HEIGHT, margin=(25, 5)
+                self.param.scale, color="light", width=210, height=BUTTON_HEIGHT, margin=(25, 5)
             ),
             image_chooser(self, lambda: self.data.image_ids, ["run"]),
             select("compare", "compare", 130),

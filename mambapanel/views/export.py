@@ -18,12 +18,13 @@ from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
 from mambapanel.views.scatter import ScatterView, padded_range
 from mambapanel.views.style import (
-    ATTENTION_CMAP,
     COLUMN_CMAP,
     GREY,
     HIGHLIGHT,
     OUTLINE,
     RED,
+    SCALE_LABELS,
+    attention_cmap,
     block_colours,
     colour_limits,
     hex_colours,
@@ -88,7 +89,7 @@ def patch_figure(view: PatchView) -> Image.Image:
     values = view.values()
     if view.shows_attention:
         how = "log" if view.scale == "log" else "linear"
-        picture = shade(values, ATTENTION_CMAP, colour_limits(values), how)
+        picture = shade(values, attention_cmap(view.scale), colour_limits(values, view.scale), how)
     else:
         picture = shade(values, [GREY, RED], (0, 1), "linear")
     return _outlined(_on_white(picture), view.patch, values.shape)
@@ -103,7 +104,7 @@ def image_figure(view: ImageView) -> Image.Image:
     if values is not None:
         values = scaled(values, view.scale)
         how = "log" if view.scale == "log" else "linear"
-        layer = shade(values, ATTENTION_CMAP, colour_limits(values), how)
+        layer = shade(values, attention_cmap(view.scale), colour_limits(values, view.scale), how)
         layer = layer.resize(thumbnail.size, Image.Resampling.NEAREST)
         alpha = np.asarray(layer)[..., 3].astype(np.float64) * view.opacity
         layer.putalpha(Image.fromarray(alpha.astype(np.uint8)))
@@ -136,13 +137,17 @@ def side_figures(
     run = scatter.run
     where = "all blocks" if scatter.block is None else f"block {scatter.block}"
     clicked = "" if patches.patch is None else f", patch ({patches.patch[0]}, {patches.patch[1]})"
+    # The colour scale is named where attention is drawn.
+    scale = f" · {SCALE_LABELS[patches.scale]}"
+    patch_scale = scale if patches.shows_attention else ""
+    image_scale = scale if image.block is not None and image.patch is not None else ""
     return [
         (
             f"{run.name} · stage {scatter.stage} · {where} · {scatter.method}",
             scatter_figure(scatter),
         ),
-        (f"patches: {patches.display}{clicked}", patch_figure(patches)),
-        (f"{run.image_ids[image.image]}{clicked}", image_figure(image)),
+        (f"patches: {patches.display}{clicked}{patch_scale}", patch_figure(patches)),
+        (f"{run.image_ids[image.image]}{clicked}{image_scale}", image_figure(image)),
     ]
 
 

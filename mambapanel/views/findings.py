@@ -17,12 +17,14 @@ from mambapanel.findings.record import Findings
 from mambapanel.findings.tables import LEGEND, ORDER_INTRODUCTION, order_section, run_sections
 from mambapanel.store import RunError
 from mambapanel.views.data import RunData, RunsLike, load_runs
-from mambapanel.views.style import block_colours
+from mambapanel.views.style import block_colours, figure_pane, named
 
 PROFILES = (
     ("locality", "pairs", "grid_distance", "grid distance (Chebyshev, patches)"),
     ("sequence_locality", "sequence_pairs", "sequence_distance", "sequence distance (steps)"),
 )
+CURVES_FRAME = (360, 220)  # pixels of each locality figure's plotting area
+LEGEND_ROWS = 10  # blocks per legend column: a deep stage's legend stays the frame's height
 
 
 def missing(run: RunData) -> pn.pane.Markdown:
@@ -32,9 +34,10 @@ def missing(run: RunData) -> pn.pane.Markdown:
     )
 
 
-def locality_curves(dataset: xr.Dataset, stage: int) -> hv.Layout:
+def locality_curves(dataset: xr.Dataset, stage: int) -> list[hv.Overlay]:
     """Mean attention by grid and by sequence distance (÷ the mean; distance ≥ 1), one curve
-    per block: :func:`mambapanel.findings.metrics.relative_profile`."""
+    per block (:func:`mambapanel.findings.metrics.relative_profile`): a figure per profile the
+    run stores, named ``findings-<profile>`` in the page."""
     colours = block_colours(dataset.sizes["block"])
     plots = []
     for profile, pairs, name, label in PROFILES:
@@ -53,15 +56,17 @@ def locality_curves(dataset: xr.Dataset, stage: int) -> hv.Layout:
         ]
         plots.append(
             hv.Overlay(curves).opts(
-                title=f"stage {stage}: attention by distance",
-                width=380,
-                height=260,
-                legend_position="top_right",
-                shared_axes=False,
+                title=f"stage {stage}: attention by {label.split(' (')[0]}",
+                frame_width=CURVES_FRAME[0],
+                frame_height=CURVES_FRAME[1],
+                # Outside the frame: with many blocks a legend inside hides the curves.
+                legend_position="right",
+                legend_cols=-(-len(curves) // LEGEND_ROWS),
                 show_grid=True,
+                hooks=[named(f"findings-{profile}")],
             )
         )
-    return hv.Layout(plots).opts(shared_axes=False)
+    return plots
 
 
 class FindingsView(pn.viewable.Viewer):
@@ -143,5 +148,9 @@ def run_panel(findings: Findings, stage: int) -> pn.Column:
     parts = [pn.pane.Markdown(text, sizing_mode="stretch_width")]
     dataset = findings.stages.get(stage)
     if dataset is not None:
-        parts.append(pn.pane.HoloViews(locality_curves(dataset, stage)))
+        # A pane per figure in a Row, not one hv.Layout (nor a FlexBox): Bokeh drew the figures
+        # of either, shown when their tab opens, with frames of zero width and the axis labels
+        # on top of each other.
+        curves = [figure_pane(plot) for plot in locality_curves(dataset, stage)]
+        parts.append(pn.Row(*curves))
     return pn.Column(*parts, sizing_mode="stretch_width")

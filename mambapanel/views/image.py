@@ -17,10 +17,11 @@ from mambapanel.views.hold import held
 from mambapanel.views.patch import FRAME, grid_opts, outlined, patch_at
 from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
-    ATTENTION_CMAP,
+    SCALE_LABELS,
     SCALES,
+    attention_cmap,
     colour_limits,
-    hex_colours,
+    figure_pane,
     named,
     scaled,
 )
@@ -75,11 +76,12 @@ def map_layer(
     xs = (np.arange(width) + 0.5) * extent[1] / width - 0.5
     ys = (np.arange(height) + 0.5) * extent[0] / height - 0.5
     return hv.Image((xs, ys, values), ["col", "row"], [label]).opts(
-        cmap=hex_colours(ATTENTION_CMAP),
-        clim=colour_limits(values),
+        cmap=attention_cmap(scale),
+        clim=colour_limits(values, scale),
         logz=scale == "log",
         alpha=opacity,
         colorbar=True,
+        clabel=SCALE_LABELS[scale] if label == "attention" else f"{label}, {SCALE_LABELS[scale]}",
         clipping_colors={"NaN": (0, 0, 0, 0)},
     )
 
@@ -97,7 +99,9 @@ class ImageView(pn.viewable.Viewer):
     patch = param.Tuple(
         default=None, length=2, allow_None=True, doc="(row, col) of the clicked patch."
     )
-    scale = param.Selector(default="linear", objects=list(SCALES), doc="Colour scale.")
+    scale = param.Selector(
+        default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
+    )
     opacity = param.Number(default=0.5, bounds=(0, 1), doc="Opacity of the attention layer.")
     shown = param.Selector(
         default="patch", objects=list(MAPS.values()), doc="The map laid over the image (MAPS)."
@@ -202,7 +206,7 @@ class ImageView(pn.viewable.Viewer):
         # The stream on the image, not on the overlay (see PatchView._build).
         self.tap = hv.streams.Tap(source=image)
         self.tap.add_subscriber(held(self.select))
-        self._plot[:] = [pn.pane.HoloViews(layers * outlined(self))]
+        self._plot[:] = [figure_pane(layers * outlined(self))]
 
     def _image(self, **_: object) -> hv.RGB:
         image_id = self.run.image_ids[self.image]

@@ -15,14 +15,15 @@ from mambapanel.views.hold import held
 from mambapanel.views.inplace import Drawn, write_columns
 from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
-    ATTENTION_CMAP,
     BUTTON_HEIGHT,
     GREY,
     OUTLINE,
     RED,
+    SCALE_LABELS,
     SCALES,
+    attention_cmap,
     colour_limits,
-    hex_colours,
+    figure_pane,
     named,
     scaled,
 )
@@ -99,7 +100,9 @@ class PatchView(pn.viewable.Viewer):
     selection = param.List(
         default=[], item_type=tuple, doc="Patches (row, col) selected in the scatterplot."
     )
-    scale = param.Selector(default="linear", objects=list(SCALES), doc="Colour scale.")
+    scale = param.Selector(
+        default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
+    )
     display = param.Selector(
         default="selection",
         objects=["selection", "attention"],
@@ -134,8 +137,8 @@ class PatchView(pn.viewable.Viewer):
         self._attention = self.shows_attention
 
     def values(self) -> np.ndarray:
-        """What the grid shows, f(height, width): the attention row as stored (linear
-        scale) or as coloured (log scale), or 1 for a selected patch and 0 elsewhere."""
+        """What the grid shows, f(height, width): the attention row as coloured on the scale
+        (:func:`mambapanel.views.style.scaled`), or 1 for a selected patch and 0 elsewhere."""
         if self.shows_attention:
             row = self.run.attention_row(self.stage, self.block, self.patch)
             return scaled(row, self.scale)
@@ -170,7 +173,7 @@ class PatchView(pn.viewable.Viewer):
         self.tap = hv.streams.Tap(source=grid)
         self.tap.add_subscriber(held(self.select))
         outlined = outline(self.patch).opts(hooks=[self._outline_plots.hook])
-        self._plot[:] = [pn.pane.HoloViews(grid * outlined)]
+        self._plot[:] = [figure_pane(grid * outlined)]
 
     @param.depends("block", "patch", "selection", watch=True)
     def _redraw(self) -> None:
@@ -181,15 +184,14 @@ class PatchView(pn.viewable.Viewer):
         """What the grid shows: values (see :meth:`values`), title and colour range."""
         if self.shows_attention:
             row, col = self.patch
-            what = "|attention|, log" if self.scale == "log" else "attention"
-            title = f"block {self.block}: {what}"
+            title = f"block {self.block}: attention"
             values = self.problems.read("attention", self.values, None)
             if values is None:  # the message is above the grid
                 # A blank grid: every value below the colour range (white, see _grid). Not
                 # NaN: HoloViews warns of an all-NaN range.
                 values = np.ones(self.run.grid(self.stage), dtype=np.float32)
                 return values, f"{title} from ({row}, {col}) cannot be read", UNREADABLE
-            return values, f"{title} from ({row}, {col})", colour_limits(values)
+            return values, f"{title} from ({row}, {col})", colour_limits(values, self.scale)
         self.problems.forget("attention")
         values = self.values()
         title = f"stage {self.stage}: {len(self.selection)} selected patches"
@@ -203,10 +205,11 @@ class PatchView(pn.viewable.Viewer):
         hooks = [named("patch-view"), self._grid_plots.hook]
         if self.shows_attention:
             return patch_grid(values, "attention").opts(
-                cmap=hex_colours(ATTENTION_CMAP),
+                cmap=attention_cmap(self.scale),
                 clim=limits,
                 logz=self.scale == "log",
                 colorbar=True,
+                clabel=SCALE_LABELS[self.scale],
                 clipping_colors={"NaN": "white", "min": "white"},
                 hooks=hooks,
                 **options,

@@ -24,6 +24,7 @@ from mambapanel.views.style import (
     COLUMN_CMAP,
     HIGHLIGHT,
     block_colours,
+    figure_pane,
     hex_colours,
     named,
 )
@@ -212,7 +213,7 @@ class ScatterView(pn.viewable.Viewer):
         self.lasso.add_subscriber(held(self.select_polygon, freeze=False))
         self.box.add_subscriber(held(self.select_bounds, freeze=False))
         self.tap.add_subscriber(held(self.pick))
-        self._plot[:] = [pn.pane.HoloViews(base * self._highlight(frame))]
+        self._plot[:] = [figure_pane(base * self._highlight(frame))]
 
     def _title(self) -> str:
         if self.mode == 1:
@@ -231,6 +232,9 @@ class ScatterView(pn.viewable.Viewer):
             xformatter="%.2g",
             yformatter="%.2g",
             title=self._title(),
+            # The points' own extent, padded as Datashader's ranges are (:meth:`_ranges`).
+            xlim=padded_range(self.points.x),
+            ylim=padded_range(self.points.y),
             tools=["lasso_select", "box_select", "tap"],
             active_tools=["wheel_zoom", "pan", "tap"],
             hooks=[named("scatterplot", webgl=webgl)],

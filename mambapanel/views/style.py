@@ -1,6 +1,6 @@
 """Conventions shared by the views and the PNG export: colours (so that an exported figure
-looks like the one on screen), the colour scale of attention (linear or log), and the names
-of the Bokeh figures.
+looks like the one on screen), the colour scales of attention (strength, signed, log), and
+the names of the Bokeh figures.
 """
 
 from __future__ import annotations
@@ -12,16 +12,24 @@ from collections.abc import Callable
 # imports this one.
 import holoviews.plotting.bokeh  # noqa: F401
 import numpy as np
+import panel as pn
 from bokeh.palettes import Category10_10
 from holoviews.plotting.util import bokeh_palette_to_palette
 
 ATTENTION_CMAP = "YlOrRd"  # the paper's light-yellow (weak) to dark-red (strong)
+SIGNED_CMAP = "RdBu_r"  # signed attention: blue negative, white zero, red positive
 COLUMN_CMAP = "viridis"  # Mode 2 scatterplot: colour = column
 GREY = "#d9d9d9"  # a patch that is not selected
 RED = "#d62728"  # a selected patch
 OUTLINE = "#2166ac"  # the clicked patch: blue stands out on yellow and on red
 HIGHLIGHT = "#000000"  # selected scatterplot points
-SCALES = ("linear", "log")
+# Hidden attention is signed. strength: |α| (the study's scale); signed: α on a diverging map
+# centred at zero with symmetric limits; log: log |α|.
+SCALES = ("strength", "signed", "log")
+SCALE_LABELS = {"strength": "strength |α|", "signed": "signed α", "log": "log |α|"}
+# Earlier names of the scales (in links made before): linear coloured the signed values on
+# the strength map, which drew the most negative as the weakest.
+OLD_SCALES = {"linear": "strength"}
 # The height of buttons and button groups, as Panel's stylesheets draw them. Given, not left
 # to the stylesheets: a browser draws the figures before a busy server has sent them, and a
 # button that grew when they came moved every figure below it (the patch view by a third of
@@ -50,28 +58,49 @@ def hex_colours(cmap: str, n: int = 256) -> list[str]:
     return bokeh_palette_to_palette(cmap, ncolors=n)
 
 
+def attention_cmap(scale: str) -> list[str]:
+    """The colours of attention on ``scale`` (one of :data:`SCALES`)."""
+    return hex_colours(SIGNED_CMAP if scale == "signed" else ATTENTION_CMAP)
+
+
 def scaled(values: np.ndarray, scale: str) -> np.ndarray:
-    """Attention as coloured: ``linear`` keeps the signed values; ``log`` shows |α| on a log
-    scale, with exact zeros as NaN (no colour), since hidden attention can be negative."""
+    """Attention as coloured: ``strength`` |α|, ``signed`` the values as they are, ``log``
+    |α| for a log colour scale, with exact zeros as NaN (no colour)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if scale == "linear":
+    if scale == "signed":
         return values
+    if scale == "strength":
+        return np.abs(values)
     magnitude = np.abs(values).astype(np.float64)
     magnitude[magnitude == 0] = np.nan
     return magnitude
 
 
-def colour_limits(values: np.ndarray) -> tuple[float, float]:
-    """(low, high) of the finite values; a constant or empty input gets a unit-wide range
-    so that a colour mapper never divides by zero."""
+def colour_limits(values: np.ndarray, scale: str = "strength") -> tuple[float, float]:
+    """(low, high) of the finite values, symmetric about zero on the ``signed`` scale (so
+    that zero is the map's centre); a constant or empty input gets a unit-wide range so that
+    a colour mapper never divides by zero."""
     finite = values[np.isfinite(values)]
     if not finite.size:
         return 0.0, 1.0
+    if scale == "signed":
+        largest = float(np.abs(finite).max()) or 1.0
+        return -largest, largest
     low, high = float(finite.min()), float(finite.max())
     if low == high:
         return (low / 2, low * 2) if low > 0 else (low - 0.5, high + 0.5)
     return low, high
+
+
+def figure_pane(element: object) -> pn.pane.HoloViews:
+    """A view's figure (a HoloViews element) as a pane whose axes are its own.
+
+    Panel links the axes of HoloViews panes of equal dimensions across a page; the two sides
+    of a compare page then shared one extent, the first drawn: a Mode 1 scatterplot's after a
+    block opened on either side, a 16x16 patch grid beside an 8x8 one.
+    """
+    return pn.pane.HoloViews(element, linked_axes=False)
 
 
 def named(name: str, webgl: bool = False) -> Callable[[object, object], None]:

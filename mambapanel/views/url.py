@@ -1,6 +1,7 @@
-"""URL state: an Explorer's run, stage, block, method, patch and image as plain query values
-(``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2``), so that a link reproduces
-a view. ``block=all`` is Mode 1; an empty ``patch`` is no clicked patch.
+"""URL state: an Explorer's run, stage, block, method, patch, image and colour scale as plain
+query values (``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2&scale=signed``), so
+that a link reproduces a view. ``block=all`` is Mode 1; an empty ``patch`` is no clicked
+patch; ``scale=linear`` (links made before the signed scale) is ``strength``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 import param
 
 from mambapanel.address import block_text, parse_block
+from mambapanel.views.style import OLD_SCALES
 
 
 def format_patch(patch: tuple[int, int] | None) -> str:
@@ -24,12 +26,17 @@ def parse_patch(text: object) -> tuple[int, int] | None:
     return row, col
 
 
+def parse_scale(text: object) -> str:
+    """A colour scale's name; an earlier name as its successor (``linear``: ``strength``)."""
+    return OLD_SCALES.get(str(text), str(text))
+
+
 class UrlState(param.Parameterized):
     """The query values of a view. Untyped: they hold what a URL holds until
     :meth:`apply` checks them against the runs, in dependency order (a run's stages, a
     stage's blocks and methods, its grid for the patch)."""
 
-    FIELDS = ("run", "stage", "block", "method", "patch", "image")
+    FIELDS = ("run", "stage", "block", "method", "patch", "image", "scale")
 
     run = param.Parameter(doc="Name of the run.")
     stage = param.Parameter(doc="Stage number.")
@@ -37,6 +44,7 @@ class UrlState(param.Parameterized):
     method = param.Parameter(doc="Reduction method: pca, tsne or umap.")
     patch = param.Parameter(doc="The clicked patch as 'row,col', or '' for none.")
     image = param.Parameter(doc="Index of the image in the run.")
+    scale = param.Parameter(doc="Colour scale: strength, signed or log (linear: strength).")
     problems = param.List(default=[], item_type=str, doc="Values of the last URL not applied.")
 
     def __init__(self, **params: Any) -> None:
@@ -67,6 +75,7 @@ class UrlState(param.Parameterized):
                 method=explorer.method,
                 patch=format_patch(explorer.patch),
                 image=explorer.image,
+                scale=explorer.scale,
             )
         finally:
             self._busy = False
@@ -87,6 +96,7 @@ class UrlState(param.Parameterized):
                 ("method", str),
                 ("image", int),
                 ("patch", parse_patch),
+                ("scale", parse_scale),
             ):
                 problem = self._set(explorer, name, getattr(self, name), parse)
                 if problem:

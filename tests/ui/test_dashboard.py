@@ -197,9 +197,10 @@ def test_click_on_a_patch_colours_the_grid_by_its_stored_attention_row(
 ) -> None:
     open_explorer(page, explorer_server, "stage=1&block=1&method=tsne")
     shown = click_patch(page, figure(page, "patch-view"), row=2, col=5)
-    stored = RunData(small_run).attention_row(1, 1, (2, 5))
+    # The default scale: strength |α|, light yellow to dark red.
+    stored = np.abs(RunData(small_run).attention_row(1, 1, (2, 5)))
     np.testing.assert_array_equal(np.array(shown["image"], dtype=np.float32), stored.ravel())
-    assert shown["palette"] == hex_colours(ATTENTION_CMAP)  # light yellow to dark red
+    assert shown["palette"] == hex_colours(ATTENTION_CMAP)
     assert shown["palette"][0] == "#ffffcc" and shown["palette"][-1] == "#800026"
     np.testing.assert_allclose(shown["low_high"], [stored.min(), stored.max()], rtol=1e-6)
     # The Image view overlays the same patch's attention on image 0.
@@ -233,7 +234,7 @@ def test_switching_stage_block_and_method_updates_both_views(
         "the patch view should show block 1",
     )  # fmt: skip
     np.testing.assert_array_equal(
-        np.array(shown["image"], dtype=np.float32), run.attention_row(2, 1, (3, 1)).ravel()
+        np.array(shown["image"], dtype=np.float32), np.abs(run.attention_row(2, 1, (3, 1))).ravel()
     )
     wait_for_figure(
         page, "scatterplot", lambda shown: "block 1, 16 patches" in shown["title"],
