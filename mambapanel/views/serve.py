@@ -48,9 +48,9 @@ _imports: asyncio.Task | None = None
 
 async def _import_all() -> None:
     # The collector would scan the modules' new objects again and again, to find no
-    # garbage. Not frozen afterwards (gc.freeze): that would also
-    # freeze the first session's page, built meanwhile, and a frozen object is never
-    # collected, nor anything it refers to: that session's whole dashboard, once it ends.
+    # garbage. Not frozen afterwards (gc.freeze): that would also freeze the first session's
+    # page, built meanwhile, and a frozen object is never collected, nor anything it refers
+    # to: that session's whole dashboard, once it ends.
     collecting = gc.isenabled()
     gc.disable()
     try:
