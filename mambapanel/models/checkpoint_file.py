@@ -225,6 +225,11 @@ def read_checkpoint(path: str | Path) -> ReadCheckpoint:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_short(err)})") from err
     restricted = _RestrictedPickleModule()
     try:
+        # weights_only=False only lets torch take our pickle module: torch unpickles the zip
+        # and the legacy formats alike through its load and Unpickler, both restricted (no
+        # global outside the allowed tensor types is ever resolved; TorchScript archives were
+        # refused above). tests/test_checkpoint_security.py tries a crafted file of each
+        # container and protocol, in the client and in a Dask worker.
         content = _torch_load(path, weights_only=False, pickle_module=restricted)
     except CodeInCheckpoint as err:
         raise CheckpointError(

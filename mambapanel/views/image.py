@@ -248,13 +248,12 @@ def faithfulness_html(tests: list[str], areas: np.ndarray | None, shown: str, im
     """The perturbation test of map ``shown`` (a test of ``tests``; areas f(image, test,
     removal) as :meth:`RunData.faithfulness` returns them) on ``image`` and over the run's
     tested images, beside the random map's, as HTML."""
-    test = shown
-    if areas is None or test not in tests:
+    if areas is None or shown not in tests:
         return "<p>This run has no perturbation test of this map.</p>"
     tested = np.isfinite(areas).all(axis=(1, 2))
     if not tested.any():
         return "<p>The perturbation test ran on no image of this run.</p>"
-    row = tests.index(test)
+    row = tests.index(shown)
     random = tests.index("random") if "random" in tests else None
 
     def areas_of(images: np.ndarray | int, index: int) -> str:
