@@ -238,3 +238,28 @@ def test_triton_backend_through_the_layer_api(ss2d_factory):
         )
         got = attention.hidden_attention(inputs, reduce=reduce, backend="triton", tile=16)
         torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_float32_leaves_with_a_span_over_55_keep_their_near_pairs():
+    """A leaf's factors lie in exp(±span / 2): with a span of ~60 one side goes below 1e-12
+    while the other is above 1e12. Setting such factors to zero (as the off-diagonal ones
+    may be, all being <= 1) lost near pairs whose decay is ~1: a relative error of 0.4."""
+    delta, A, B, C = random_route(Bt=1, D=4, N=4, L=32, dt_high=1.0, seed=3)
+    span = (delta[:, :, None, :] * A[None, :, :, None]).sum(-1).abs().max()
+    assert 55 < span < 160  # factored leaf, not the element-wise form
+    expected = reference.route_attention(delta, A, B, C)
+    got = tiled.route_attention(*(t.float() for t in (delta, A, B, C)))
+    assert (got.double() - expected).abs().max() / expected.abs().max() < 1e-5
+
+
+def test_scratch_buffers_never_leak_into_results():
+    """The factors live in per-thread scratch buffers reused by the next call: a result
+    must not be one of them, and calls of other shapes must not see stale factors."""
+    first, second = random_route(L=300, N=4, seed=4), random_route(L=50, N=2, seed=5)
+    results = [tiled.route_attention(*route) for route in (first, second, first)]
+    kept = [r.clone() for r in results]
+    tiled.route_attention(*random_route(L=120, N=3, seed=6))
+    for result, copy, route in zip(results, kept, (first, second, first), strict=True):
+        torch.testing.assert_close(result, copy, rtol=0, atol=0)
+        expected = reference.route_attention(*route)
+        torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-10)

@@ -5,8 +5,6 @@ with the depthwise conv and SiLU gate (``mode="implicit"``).
 
 from __future__ import annotations
 
-import math
-import threading
 from collections.abc import Callable
 
 import torch
@@ -175,7 +173,7 @@ def routes_attention(
             # Only a first in-order route gets a fresh one, as it becomes the result.
             if step_buffer is None and not (merging and torch.equal(steps[k], in_order)):
                 channels = () if per_route_reduce else (D,)
-                step_buffer = _scratch((Bt, *channels, L, L), dtype, delta.device)
+                step_buffer = tiled.scratch("steps", (Bt, *channels, L, L), dtype, delta.device)
             into = {"out": step_buffer} if backend == "tiled" else {}
             alpha = route_attention(
                 delta[:, k],
@@ -244,21 +242,6 @@ def _route_weights(
     if weights is None:
         return {}
     return {"weights": (weights[0][:, k].to(dtype), weights[1][:, k].to(dtype))}
-
-
-# Per thread: one step-space buffer kept between calls (never returned to the caller).
-_workspace = threading.local()
-WORKSPACE_BYTES = 2**29
-
-
-def _scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor | None:
-    """A reusable buffer of this shape, or None (allocate afresh) when it would be large."""
-    if math.prod(shape) * dtype.itemsize > WORKSPACE_BYTES:
-        return None
-    cached = getattr(_workspace, "buffer", None)
-    if cached is None or cached.shape != shape or cached.dtype != dtype or cached.device != device:
-        cached = _workspace.buffer = torch.empty(shape, dtype=dtype, device=device)
-    return cached
 
 
 def _route_groups(routes: Tensor) -> list[tuple[int, int | None]]:

@@ -9,6 +9,7 @@ Shape legend: Bt batch, D channels, N states, L steps, T tile, nT tiles, E kept 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ def route_attention(
     *,
     reduce: str | None = "mean",
     tile: int | None = None,
-    leaf: int = 32,
+    leaf: int = 64,
     fan: int = 16,
     out: Tensor | None = None,
     add_reversed: bool = False,
@@ -50,7 +51,8 @@ def route_attention(
     Parameters
     ----------
     tile : int, optional
-        Tile size of the top level; default ``ceil(L / fan)`` (at least ``leaf``).
+        Tile size of the top level; default ``ceil(L / fan)`` (at least ``leaf``), evened
+        out so that the tiles have equal lengths.
     leaf : int
         Sequences this short are not split further (see :func:`_leaf`).
     fan : int
@@ -103,7 +105,11 @@ def _tiled(
 ) -> Tensor:
     """r(Bt, E, L, L): the route attention, channels kept (E = D) or averaged (E = 1), with
     channel ``weights`` (query, key) r(Bt, D, L) if given; written into ``out``, or added
-    into it reversed (see :func:`route_attention`)."""
+    into it reversed (see :func:`route_attention`).
+
+    The factors are (Bt, D, N, L) tensors, as large as the GEMMs' operands: they live in a
+    per-thread scratch buffer (:func:`scratch`) and are changed in place.
+    """
     Bt, D, L = delta.shape
     N = A.shape[1]
     if L <= max(leaf, 1) and tile is None:
@@ -112,6 +118,8 @@ def _tiled(
             return result
         return out.add_(result.flip(-2, -1)) if add_reversed else out.copy_(result)
     T = max(1, min(tile or max(leaf, math.ceil(L / fan)), L))
+    if tile is None:  # as many tiles, of equal length: the least padding
+        T = math.ceil(L / math.ceil(L / T))
     nT = math.ceil(L / T)
     pad = nT * T - L
     if pad:  # steps appended at the end never reach earlier queries; never written out
@@ -119,27 +127,29 @@ def _tiled(
         if weights is not None:
             weights = tuple(F.pad(w, (0, pad)) for w in weights)
 
-    dA = delta[:, :, None, :] * A[None, :, :, None]  # (Bt, D, N, Lp), <= 0
-    cum = dA.view(Bt, D, N, nT, T).cumsum(-1)  # within-tile inclusive cumsum
-    tile_sum = cum[..., -1]  # (Bt, D, N, nT)
+    # Three factor-sized tensors (Δ·A's cumsum then C·P, Q·Δ·B, the scaled keys), kept
+    # between calls: a fresh one costs more in page faults than the arithmetic done on it.
+    work = scratch("factors", (3, Bt, D, N, nT, T), delta.dtype, delta.device)
+    cum = torch.mul(delta[:, :, None, :], A[None, :, :, None], out=work[0].flatten(-2))
+    cum = cum.view(Bt, D, N, nT, T).cumsum_(-1)  # Δ·A <= 0, within-tile inclusive cumsum
+    tile_sum = cum[..., -1].clone()  # (Bt, D, N, nT)
     # Sums across tiles can reach thousands: difference them in float64, then exp (<= 1).
     across = tile_sum.double().cumsum(-1)
     between = across[..., :-1, None] - across[..., None, :]  # [I-1, J] = Σ_{J<m<I}
-    G = torch.exp(between).to(dA.dtype)  # (Bt, D, N, nT-1, nT), used where J < I
-    Ct = C.view(Bt, 1, N, nT, T)
-    right = (
-        torch.exp(tile_sum[..., None] - cum) * delta.view(Bt, D, 1, nT, T) * B.view(Bt, 1, N, nT, T)
-    )  # Q·Δ·B: (Bt, D, N, nT, T)
-    left = Ct * torch.exp(cum)  # C·P: (Bt, D, N, nT, T)
+    G = _decay(between.to(cum.dtype))  # (Bt, D, N, nT-1, nT), used where J < I
+    # Q·Δ·B and C·P, every factor in [0, 1]; the mean's 1/D rides on C.
+    right = _decay(torch.sub(tile_sum[..., None], cum, out=work[1]))
+    right.mul_(delta.view(Bt, D, 1, nT, T)).mul_(B.view(Bt, 1, N, nT, T))
+    left = _decay(cum).mul_(C.view(Bt, 1, N, nT, T) / (1 if per_channel else D))
     if weights is not None:
-        left = left * weights[0].view(Bt, D, 1, nT, T)
-        right = right * weights[1].view(Bt, D, 1, nT, T)
-    left, right, G = _flush_tiny(left), _flush_tiny(right), _flush_tiny(G)
+        left.mul_(weights[0].view(Bt, D, 1, nT, T))
+        right.mul_(weights[1].view(Bt, D, 1, nT, T))
 
-    lhs_all = _as_lhs(left, per_channel)  # (Bt, E, nT, T, M)
+    lhs_all = _as_rhs(left, per_channel).movedim(2, -1)  # (Bt, E, nT, T, M), a view
     rhs_all = _as_rhs(right, per_channel)  # (Bt, E, M, nT, T)
     G_all = _as_rhs(G, per_channel)  # (Bt, E, M, nT-1, nT)
     E = lhs_all.shape[1]
+    keys = _as_rhs(work[2], per_channel)  # earlier key tiles, scaled
 
     # Every element of out is written once below: the output is the memory-bound part.
     if out is None:
@@ -151,13 +161,15 @@ def _tiled(
             out[:, :, rows, (q + 1) * T :] = 0  # keys after the query tile
         if q:
             # Every earlier key tile J, scaled by its G[I, J], side by side: (Bt, E, M, q·T).
-            keys = (G_all[:, :, :, q - 1, :q, None] * rhs_all[:, :, :, :q]).flatten(-2)
+            scaled = keys[:, :, :, :q]
+            torch.mul(G_all[:, :, :, q - 1, :q, None], rhs_all[:, :, :, :q], out=scaled)
             lhs = lhs_all[:, :, q, :n_rows]
-            if add_reversed:  # rows L-1-t, columns L-1-s: reverse the operands instead
-                block = torch.matmul(lhs.flip(-2), keys.flip(-1))
-                out[:, :, L - rows.stop : L - rows.start, L - q * T :] += block
+            if add_reversed:  # rows L-1-t, columns L-1-s: the block reversed in both axes
+                block = torch.matmul(lhs, scaled.flatten(-2))
+                out[:, :, L - rows.stop : L - rows.start, L - q * T :] += block.flip(-2, -1)
             else:
-                torch.matmul(lhs, keys, out=out[:, :, rows, : q * T])
+                torch.matmul(lhs, scaled.flatten(-2), out=out[:, :, rows, : q * T])
+    del work, cum, left, right, keys, lhs_all, rhs_all  # the recursion reuses the scratch
 
     # Diagonal tiles: the same problem on each tile's steps, all tiles as one batch.
     def tiles_as_batch(z: Tensor) -> Tensor:  # (Bt, X, nT·T) -> (Bt·nT, X, T)
@@ -186,29 +198,47 @@ def _tiled(
     return out
 
 
-# Below this, a factor of a float32 (or narrower) product is set to 0. Far pairs' decays
-# underflow into subnormal numbers, which CPUs multiply tens of times slower; a product of
-# three factors (left, G, right) above it stays a normal number, and what is dropped is below
-# 1e-12 of the largest possible term, far under float32's resolution of the result.
+# Leaves this short whose decay would overflow a factor take the element-wise form.
+SMALLEST_SPLIT = 4
+
+# Per thread: named buffers kept between calls (never returned to a caller).
+_workspace = threading.local()
+WORKSPACE_BYTES = 2**29
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A buffer of ``shape`` kept per thread under ``name`` and reused by the next call that
+    asks for ``name`` (contents undefined); a fresh tensor when it would be over
+    :data:`WORKSPACE_BYTES`. One caller at a time per name: what it holds is overwritten."""
+    size = math.prod(shape)
+    if size * dtype.itemsize > WORKSPACE_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    flat = buffers.get(name)
+    if flat is None or flat.numel() < size or flat.dtype != dtype or flat.device != device:
+        flat = buffers[name] = torch.empty(size, dtype=dtype, device=device)
+    return flat[:size].view(shape)
+
+
+# Decay factors exp(x), x <= 0, below this are set to 0 (float32 and narrower). Far pairs'
+# decays underflow into subnormal numbers, which CPUs multiply tens of times slower; a product
+# of three factors (left, G, right) above it stays a normal number, and what is dropped is
+# below 1e-12 of the largest possible term, far under float32's resolution of the result.
 TINY = 1e-12
+LOG_TINY = math.log(TINY)
 
 
-def _flush_tiny(z: Tensor) -> Tensor:
-    """``z`` with entries of magnitude below :data:`TINY` set to 0 (float32 and narrower)."""
-    if z.dtype == torch.float64:
-        return z
-    return z.masked_fill_(z.abs() < TINY, 0.0)
+def _decay(x: Tensor) -> Tensor:
+    """exp(x) in place, for exponents x <= 0; under :data:`TINY` it is 0 (float32 and
+    narrower), in one pass before the exp."""
+    if x.dtype != torch.float64:
+        F.threshold_(x, LOG_TINY, -math.inf)
+    return x.exp_()
 
 
 def _as_rhs(z: Tensor, per_channel: bool) -> Tensor:
     """(Bt, D, N, ...) -> (Bt, E, M, ...): per channel M = N, else one axis M = D·N."""
     return z if per_channel else z.reshape(z.shape[0], 1, z.shape[1] * z.shape[2], *z.shape[3:])
-
-
-def _as_lhs(z: Tensor, per_channel: bool) -> Tensor:
-    """(Bt, D, N, ...) -> (Bt, E, ..., M), contiguous; averaged over d (1/D) when reduced."""
-    z = z if per_channel else z / z.shape[1]
-    return _as_rhs(z, per_channel).movedim(2, -1).contiguous()
 
 
 def _leaf(
@@ -221,24 +251,31 @@ def _leaf(
 ) -> Tensor:
     """A short sequence (a diagonal tile): r(Bt, E, L, L).
 
-    The decay is factored around the middle of the leaf's total Δ·A, so each factor stays
-    within exp(span / 2) and the leaf is one small GEMM. Where the span could overflow the
-    dtype's exp (huge steps), the leaf takes the element-wise form instead.
+    The decay is factored around the middle of the leaf's total Δ·A, so each factor lies
+    within exp(±span / 2) and the leaf is one small GEMM. Nothing is set to zero here: a
+    factor above 1 may meet a tiny one, and only their product is the decay. Where the span
+    could overflow the dtype's exp (huge steps), the leaf is split in two tiles (one GEMM
+    between them, each half a leaf again), down to :data:`SMALLEST_SPLIT` steps, which take
+    the element-wise form.
     """
     L = delta.shape[-1]
-    cum = (delta[:, :, None, :] * A[None, :, :, None]).cumsum(-1)  # (Bt, D, N, L), <= 0
+    work = scratch("factors", (2, *delta.shape[:2], A.shape[1], L), delta.dtype, delta.device)
+    cum = torch.mul(delta[:, :, None, :], A[None, :, :, None], out=work[0]).cumsum_(-1)  # <= 0
     middle = cum[..., -1:] / 2
     largest_exponent = 0.9 * math.log(torch.finfo(delta.dtype).max)
     if middle.numel() and middle.min() < -largest_exponent:
-        return _elementwise(delta, A, B, C, per_channel, weights)
-    left = C[:, None] * torch.exp(cum - middle)
-    right = torch.exp(middle - cum) * delta[:, :, None, :] * B[:, None]
+        if L <= SMALLEST_SPLIT:
+            return _elementwise(delta, A, B, C, per_channel, weights)
+        half = math.ceil(L / 2)  # two tiles: the factors between them lie in [0, 1]
+        return _tiled(delta, A, B, C, per_channel, half, half, 2, weights=weights)
+    right = torch.sub(middle, cum, out=work[1]).exp_().mul_(delta[:, :, None, :]).mul_(B[:, None])
+    left = cum.sub_(middle).exp_().mul_(C[:, None] / (1 if per_channel else delta.shape[1]))
     if weights is not None:
-        left = left * weights[0][:, :, None, :]
-        right = right * weights[1][:, :, None, :]
-    left, right = _flush_tiny(left), _flush_tiny(right)
+        left.mul_(weights[0][:, :, None, :])
+        right.mul_(weights[1][:, :, None, :])
     causal = torch.ones(L, L, dtype=torch.bool, device=delta.device).tril()
-    product = torch.matmul(_as_lhs(left, per_channel), _as_rhs(right, per_channel))
+    lhs = _as_rhs(left, per_channel).movedim(2, -1)  # (Bt, E, L, M), a view
+    product = torch.matmul(lhs, _as_rhs(right, per_channel))
     return product.masked_fill_(~causal, 0.0)
 
 
