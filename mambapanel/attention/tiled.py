@@ -27,7 +27,7 @@ def route_attention(
     *,
     reduce: str | None = "mean",
     tile: int | None = None,
-    leaf: int = 64,
+    leaf: int = 96,
     fan: int = 16,
     out: Tensor | None = None,
     add_reversed: bool = False,
