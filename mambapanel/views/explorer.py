@@ -1,6 +1,7 @@
-"""The Explorer: header (run, stage, block, DR method, colour scale, image), the linked
+"""The Explorer: controls (run, stage, block, DR method, colour scale, image), the linked
 Scatterplot, Patch and Image views, a compare layout (two blocks or two runs), URL state and
-export. ``Explorer(run)`` is the dashboard and a notebook cell's value alike.
+export. ``Explorer(run)`` is a notebook cell's value; a served page puts its controls in a
+template's sidebar (:meth:`Explorer.sidebar`, :meth:`Explorer.main`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
 # How each view of a side shares the side's width: (grow, basis px, max px). Views wrap onto a
 # new line where their bases do not fit side by side (the image view first, then the patch
 # view); the scatterplot, the study's main view, takes the largest share.
-VIEW_FLEX = {"scatter": (5, 440, 960), "patches": (3, 320, 640), "image": (3, 320, 400)}
+VIEW_FLEX = {"scatter": (5, 420, 960), "patches": (3, 300, 640), "image": (3, 300, 400)}
 STATUS_PATCHES = 40  # selected patches listed by name in the status line
 
 log = logging.getLogger(__name__)
@@ -394,7 +395,7 @@ class Explorer(pn.viewable.Viewer):
         self._block_b.visible = self.compare == "blocks"
         self._run_b.visible = self.compare == "runs"
 
-    # -- header, status -----------------------------------------------------------------
+    # -- controls, status ---------------------------------------------------------------
 
     def _header(self) -> list[pn.viewable.Viewable]:
         """The controls, in the order shown: the one list of them (:meth:`controls`)."""

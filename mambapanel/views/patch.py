@@ -125,9 +125,7 @@ class PatchView(pn.viewable.Viewer):
         self._build()
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(
-            self._display, self.problems.pane, self._plot, sizing_mode="stretch_width"
-        )
+        return pn.Column(self._display, self.problems.pane, self._plot, sizing_mode="stretch_width")
 
     @property
     def shows_attention(self) -> bool:
