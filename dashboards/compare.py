@@ -3,7 +3,7 @@ explorer (or ``panel serve dashboards/compare.py --address 127.0.0.1 --args RUN 
 
 One run: two blocks of it (block 0 and the stage's last block) with the same patch
 selected. Several runs (e.g. the same model with orders cross and morton): the same block
-of two of them, the first two to begin with; the header's ``run`` and ``run (right)`` menus
+of two of them, the first two to begin with; the sidebar's ``run`` and ``run (right)`` menus
 pick any two. Everything else is the Explorer of ``dashboards/explorer.py``, host check
 included.
 """

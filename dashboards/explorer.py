@@ -3,7 +3,7 @@
 ``--address``, panel serve listens on every interface).
 
 Explore one or more stored runs (made by ``python -m compute extract`` and ``reduce``);
-with several, the header's run menu switches between them. A page asked for under a host
+with several, the sidebar's run menu switches between them. A page asked for under a host
 name the server was not started for is refused (:mod:`mambapanel.hosts`); see the README's
 Dashboard section before exposing it.
 """

@@ -1,5 +1,6 @@
 """What ``panel serve dashboards/...`` shows: an Explorer of the runs named on the command
-line, or, when one cannot be opened, the reason in the page instead of a traceback.
+line, or, when one cannot be opened, the reason in the page instead of a traceback; and
+what of it goes into the served page's sidebar and main area.
 """
 
 from __future__ import annotations
@@ -26,3 +27,14 @@ def dashboard(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
             pn.pane.Str(str(err), css_classes=["mambapanel-error"]),
             pn.pane.Str(f"usage: {USAGE}"),
         )
+
+
+def dashboard_parts(
+    paths: Sequence[str], **params: object
+) -> tuple[list[pn.viewable.Viewable], list[pn.viewable.Viewable]]:
+    """The :func:`dashboard` of ``paths`` and ``params`` as (sidebar, main) of a served
+    page's template: an Explorer's controls and its views; an error message in main."""
+    shown = dashboard(paths, **params)
+    if isinstance(shown, Explorer):
+        return shown.sidebar(), shown.main()
+    return [], [shown]

@@ -1,6 +1,7 @@
-"""The Explorer: header (run, stage, block, DR method, colour scale, image), the linked
+"""The Explorer: controls (run, stage, block, DR method, colour scale, image), the linked
 Scatterplot, Patch and Image views, a compare layout (two blocks or two runs), URL state and
-export. ``Explorer(run)`` is the dashboard and a notebook cell's value alike.
+export. ``Explorer(run)`` is a notebook cell's value; a served page puts its controls in a
+template's sidebar (:meth:`Explorer.sidebar`, :meth:`Explorer.main`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from mambapanel.views.geometry import patch_at_location, patches_at_location
 from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
 from mambapanel.views.scatter import ScatterView
+from mambapanel.views.serve import TITLE
 from mambapanel.views.style import BUTTON_HEIGHT, SCALES
 from mambapanel.views.url import UrlState
 from mambapanel.views.widgets import image_chooser, linked_menu
 
 COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
+# How each view of a side shares the side's width: (grow, basis px, max px). Views wrap onto a
+# new line where their bases do not fit side by side (the image view first, then the patch
+# view); the scatterplot, the study's main view, takes the largest share.
+VIEW_FLEX = {"scatter": (5, 420, 960), "patches": (3, 300, 640), "image": (3, 300, 400)}
 STATUS_PATCHES = 40  # selected patches listed by name in the status line
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,28 @@ class Side:
         return self.scatter, self.patches, self.image
 
     def panel(self) -> pn.Column:
-        return pn.Column(self.caption, self.problem, self.scatter, pn.Row(self.patches, self.image))
+        """The side's caption above its views: side by side, as wide as the side is; a view
+        whose share would be narrower than :data:`VIEW_FLEX`'s basis goes to a new line."""
+        views = [
+            pn.Column(
+                view,
+                sizing_mode="stretch_width",
+                max_width=largest,
+                styles={"flex": f"{grow} 1 {basis}px"},
+                css_classes=[f"mambapanel-{name}"],
+            )
+            for name, view in zip(VIEW_FLEX, self.views(), strict=True)
+            for grow, basis, largest in [VIEW_FLEX[name]]
+        ]
+        return pn.Column(
+            self.caption,
+            self.problem,
+            pn.FlexBox(*views, flex_wrap="wrap", sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+            # Two sides share the width equally, whatever their contents' widths.
+            styles={"flex": "1 1 0", "min-width": "0"},
+            css_classes=["mambapanel-side"],
+        )
 
 
 class Explorer(pn.viewable.Viewer):
@@ -107,7 +134,7 @@ class Explorer(pn.viewable.Viewer):
         # HTML panes, not Markdown: a run's name is not formatting, and Markdown's parser
         # costs a served page's first render a tenth of a second.
         self.status = pn.pane.HTML(css_classes=["mambapanel-status"], sizing_mode="stretch_width")
-        self._layout = pn.Row()
+        self._layout = pn.Row(sizing_mode="stretch_width")
         # Runs are opened when first shown; one that cannot be opened then is named here.
         self.run_problem = pn.pane.Alert(
             alert_type="danger", visible=False, css_classes=["mambapanel-run-problem"]
@@ -126,12 +153,39 @@ class Explorer(pn.viewable.Viewer):
         self._forward()
 
     def __panel__(self) -> pn.viewable.Viewable:
+        """The layout of a notebook's output (which has no sidebar): the controls wrapping
+        above the views, everything as wide as the output area."""
+        return pn.Column(
+            pn.pane.HTML(f"<h3>{TITLE}</h3>"),
+            self._tabs(self.controls()),
+            sizing_mode="stretch_width",
+        )
+
+    def sidebar(self) -> list[pn.viewable.Viewable]:
+        """A served page's sidebar (:func:`mambapanel.views.serve.served`): the controls."""
+        return [self.controls()]
+
+    def main(self) -> list[pn.viewable.Viewable]:
+        """A served page's main area: the Explore and Findings tabs."""
+        return [self._tabs()]
+
+    def controls(self) -> pn.FlexBox:
+        """The controls (:meth:`_header`), wrapping into lines as wide as their container."""
+        return pn.FlexBox(
+            *self._widgets, flex_wrap="wrap", sizing_mode="stretch_width",
+            css_classes=["mambapanel-controls"],
+        )  # fmt: skip
+
+    def _tabs(self, *above: pn.viewable.Viewable) -> pn.Tabs:
+        """The Explore tab (``above`` the views) and the Findings tab."""
         if not self._url_synced and pn.state.curdoc and pn.state.curdoc.session_context:
             self.sync_url(pn.state.location)
-        explore = pn.Column(self._widgets, self.run_problem, self._layout, self.status)
+        explore = pn.Column(
+            *above, self.run_problem, self._layout, self.status, sizing_mode="stretch_width"
+        )
         # The findings of every run are read only when their tab is first opened.
         findings = pn.Column(pn.pane.HTML("<p>Reading the stored findings ...</p>"))
-        tabs = pn.Tabs(("Explore", explore), ("Findings", findings))
+        tabs = pn.Tabs(("Explore", explore), ("Findings", findings), sizing_mode="stretch_width")
 
         def open_findings(event: param.parameterized.Event) -> None:
             if event.new == 1 and len(findings) == 1 and isinstance(findings[0], pn.pane.HTML):
@@ -145,9 +199,7 @@ class Explorer(pn.viewable.Viewer):
                     findings[:] = [pn.pane.Alert(message, alert_type="danger")]
 
         tabs.param.watch(open_findings, "active")
-        return pn.Column(
-            pn.pane.HTML("<h3>mambapanel: hidden attention of vision Mamba models</h3>"), tabs
-        )
+        return tabs
 
     @property
     def data(self) -> RunData:
@@ -343,9 +395,11 @@ class Explorer(pn.viewable.Viewer):
         self._block_b.visible = self.compare == "blocks"
         self._run_b.visible = self.compare == "runs"
 
-    # -- header, status -----------------------------------------------------------------
+    # -- controls, status ---------------------------------------------------------------
 
-    def _header(self) -> pn.Row:
+    def _header(self) -> list[pn.viewable.Viewable]:
+        """The controls, in the order shown: the one list of them (:meth:`controls`)."""
+
         def select(name: str, label: str, width: int) -> pn.widgets.Select:
             return pn.widgets.Select.from_param(self.param[name], label=label, width=width)
 
@@ -367,7 +421,7 @@ class Explorer(pn.viewable.Viewer):
                 margin=(25, 5),
             ),
         )
-        return pn.Row(
+        return [
             select("run", "run", 160),
             select("stage", "stage", 70),
             linked_menu(
@@ -387,8 +441,7 @@ class Explorer(pn.viewable.Viewer):
             self._block_b,
             self._run_b,
             *self._downloads,
-            sizing_mode="stretch_width",
-        )
+        ]
 
     def _update_status(self) -> None:
         scatter = self.sides[0].scatter

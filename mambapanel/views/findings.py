@@ -23,7 +23,7 @@ PROFILES = (
     ("locality", "pairs", "grid_distance", "grid distance (Chebyshev, patches)"),
     ("sequence_locality", "sequence_pairs", "sequence_distance", "sequence distance (steps)"),
 )
-CURVES_FRAME = (360, 220)  # pixels of each locality figure's plotting area
+CURVES_FRAME = (360, 220)  # each locality figure's plotting area: its shape
 LEGEND_ROWS = 10  # blocks per legend column: a deep stage's legend stays the frame's height
 
 
@@ -63,7 +63,7 @@ def locality_curves(dataset: xr.Dataset, stage: int) -> list[hv.Overlay]:
                 legend_position="right",
                 legend_cols=-(-len(curves) // LEGEND_ROWS),
                 show_grid=True,
-                hooks=[named(f"findings-{profile}")],
+                hooks=[named(f"findings-{profile}", fit=True)],
             )
         )
     return plots
@@ -151,6 +151,8 @@ def run_panel(findings: Findings, stage: int) -> pn.Column:
         # A pane per figure in a Row, not one hv.Layout (nor a FlexBox): Bokeh drew the figures
         # of either, shown when their tab opens, with frames of zero width and the axis labels
         # on top of each other.
-        curves = [figure_pane(plot) for plot in locality_curves(dataset, stage)]
-        parts.append(pn.Row(*curves))
+        # Each as wide as its share of the row (the page's width), its frame of the shape
+        # CURVES_FRAME.
+        curves = [figure_pane(plot, fit_width=True) for plot in locality_curves(dataset, stage)]
+        parts.append(pn.Row(*curves, sizing_mode="stretch_width"))
     return pn.Column(*parts, sizing_mode="stretch_width")

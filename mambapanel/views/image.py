@@ -115,7 +115,7 @@ class ImageView(pn.viewable.Viewer):
         super().__init__(**params)
         self.tap: hv.streams.Tap | None = None
         self.problems = Problems()
-        self._plot = pn.Column()
+        self._plot = pn.Column(sizing_mode="stretch_width")
         self._opacity = pn.widgets.FloatSlider.from_param(
             self.param.opacity, label="attention opacity", width=FRAME
         )
@@ -130,7 +130,12 @@ class ImageView(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(
-            self._maps, self._opacity, self.problems.pane, self._plot, self.faithfulness
+            self._maps,
+            self._opacity,
+            self.problems.pane,
+            self._plot,
+            self.faithfulness,
+            sizing_mode="stretch_width",
         )
 
     def maps(self) -> list[str]:
@@ -206,7 +211,7 @@ class ImageView(pn.viewable.Viewer):
         # The stream on the image, not on the overlay (see PatchView._build).
         self.tap = hv.streams.Tap(source=image)
         self.tap.add_subscriber(held(self.select))
-        self._plot[:] = [figure_pane(layers * outlined(self))]
+        self._plot[:] = [figure_pane(layers * outlined(self), fit_width=True)]
 
     def _image(self, **_: object) -> hv.RGB:
         image_id = self.run.image_ids[self.image]
@@ -226,7 +231,7 @@ class ImageView(pn.viewable.Viewer):
             thumbnail,
             self.run.pool(self.stage),
             self.run.full_grid(self.stage),
-            hooks=[named("image-view")],
+            hooks=[named("image-view", fit=True)],
             **grid_opts(title, self.run.grid(self.stage)),
         )
 

@@ -118,14 +118,14 @@ class PatchView(pn.viewable.Viewer):
         super().__init__(**params)
         self.tap: hv.streams.Tap | None = None
         self.problems = Problems()
-        self._plot = pn.Column()
+        self._plot = pn.Column(sizing_mode="stretch_width")
         self._display = pn.widgets.RadioButtonGroup.from_param(
             self.param.display, color="light", width=FRAME, height=BUTTON_HEIGHT
         )
         self._build()
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self._display, self.problems.pane, self._plot)
+        return pn.Column(self._display, self.problems.pane, self._plot, sizing_mode="stretch_width")
 
     @property
     def shows_attention(self) -> bool:
@@ -173,7 +173,7 @@ class PatchView(pn.viewable.Viewer):
         self.tap = hv.streams.Tap(source=grid)
         self.tap.add_subscriber(held(self.select))
         outlined = outline(self.patch).opts(hooks=[self._outline_plots.hook])
-        self._plot[:] = [figure_pane(grid * outlined)]
+        self._plot[:] = [figure_pane(grid * outlined, fit_width=True)]
 
     @param.depends("block", "patch", "selection", watch=True)
     def _redraw(self) -> None:
@@ -202,7 +202,7 @@ class PatchView(pn.viewable.Viewer):
     def _grid(self) -> hv.Image:
         values, title, limits = self._content()
         options = grid_opts(title, values.shape)
-        hooks = [named("patch-view"), self._grid_plots.hook]
+        hooks = [named("patch-view", fit=True), self._grid_plots.hook]
         if self.shows_attention:
             return patch_grid(values, "attention").opts(
                 cmap=attention_cmap(self.scale),

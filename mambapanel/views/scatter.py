@@ -29,7 +29,8 @@ from mambapanel.views.style import (
     named,
 )
 
-FRAME_WIDTH, FRAME_HEIGHT = 380, 330  # pixels of the plotting area
+FRAME_WIDTH, FRAME_HEIGHT = 380, 330  # pixels of the plotting area, or its shape (fit)
+MIN_BORDER_LEFT = 90  # pixels left of the plotting area: the y axis, its ticks and label
 # Mode 2 point sizes in screen pixels: row 0 smallest, the last row largest (the paper's
 # encoding of the row).
 SMALLEST, LARGEST = 4.0, 13.0
@@ -108,11 +109,11 @@ class ScatterView(pn.viewable.Viewer):
             label="Clear selection", color="light", width=130, height=BUTTON_HEIGHT
         )
         self._clear.on_click(lambda _: self.clear())
-        self._plot = pn.Column()
+        self._plot = pn.Column(sizing_mode="stretch_width")
         self._build()
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self._plot, self._clear)
+        return pn.Column(self._plot, self._clear, sizing_mode="stretch_width")
 
     @property
     def mode(self) -> int:
@@ -213,7 +214,7 @@ class ScatterView(pn.viewable.Viewer):
         self.lasso.add_subscriber(held(self.select_polygon, freeze=False))
         self.box.add_subscriber(held(self.select_bounds, freeze=False))
         self.tap.add_subscriber(held(self.pick))
-        self._plot[:] = [figure_pane(base * self._highlight(frame))]
+        self._plot[:] = [figure_pane(base * self._highlight(frame), fit_width=True)]
 
     def _title(self) -> str:
         if self.mode == 1:
@@ -237,7 +238,10 @@ class ScatterView(pn.viewable.Viewer):
             ylim=padded_range(self.points.y),
             tools=["lasso_select", "box_select", "tap"],
             active_tools=["wheel_zoom", "pan", "tap"],
-            hooks=[named("scatterplot", webgl=webgl)],
+            hooks=[named("scatterplot", webgl=webgl, fit=True)],
+            # Room for the longest tick labels: the frames of two sides' scatterplots then
+            # start at the same place and have the same size, whatever their ticks.
+            backend_opts={"plot.min_border_left": MIN_BORDER_LEFT},
             xlabel=f"{self.method} 1",
             ylabel=f"{self.method} 2",
         )

@@ -43,6 +43,9 @@ IMPORTS = (
     "mambapanel.views.app",
 )
 
+TITLE = "mambapanel: hidden attention of vision Mamba models"
+SIDEBAR_WIDTH = 300  # pixels: the controls, two narrow menus a line
+
 _imports: asyncio.Task | None = None
 
 
@@ -112,8 +115,9 @@ def start_imports() -> asyncio.Task | None:
 
 def served(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
     """:func:`mambapanel.views.dashboard` of ``paths`` and ``params``. In a served session,
-    a loading indicator at first, replaced by the dashboard as soon as the imports are done;
-    elsewhere (a test, a notebook) the dashboard itself."""
+    a page (a template) with the controls in its sidebar and the views in
+    its main area, which holds a loading indicator until the imports are done; elsewhere (a
+    test, a notebook) the dashboard itself."""
     paths = list(paths)  # `sys.argv` is the script's only while it runs
     doc = pn.state.curdoc
     in_session = doc is not None and doc.session_context is not None  # not a notebook
@@ -126,21 +130,28 @@ def served(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
         from mambapanel.views.app import dashboard
 
         return dashboard(paths, **params)
-    page = pn.Column(
-        pn.indicators.LoadingSpinner(value=True, size=32, name="Loading the dashboard ...")
+    sidebar = pn.Column(sizing_mode="stretch_width")
+    main = pn.Column(
+        pn.indicators.LoadingSpinner(value=True, size=32, name="Loading the dashboard ..."),
+        sizing_mode="stretch_width",
+    )
+    # Bootstrap's template: its stylesheets and scripts are served by Panel (the Fast
+    # templates ask Google for a font), so the page works without a network.
+    page = pn.template.BootstrapTemplate(
+        title=TITLE, sidebar=[sidebar], main=[main], sidebar_width=SIDEBAR_WIDTH
     )
 
     def fill() -> None:  # a callback of the session: it holds the document's lock
         with set_curdoc(doc):
             try:
                 imports.result()
-                from mambapanel.views.app import dashboard
+                from mambapanel.views.app import dashboard_parts
 
-                page[:] = [dashboard(paths, **params)]
+                sidebar[:], main[:] = dashboard_parts(paths, **params)
             except Exception as err:  # shown, not only logged: the page would spin forever
                 log.exception("mambapanel: the dashboard could not be built")
                 message = escape(f"mambapanel: the dashboard failed: {err!r}")
-                page[:] = [pn.pane.Alert(message, alert_type="danger")]
+                main[:] = [pn.pane.Alert(message, alert_type="danger")]
 
     def schedule(_: asyncio.Task) -> None:
         if doc.session_context is not None:  # None: the browser left, the session ended

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import holoviews.plotting.bokeh  # noqa: F401
 import numpy as np
 import panel as pn
+from bokeh.models import CustomJS
 from bokeh.palettes import Category10_10
 from holoviews.plotting.util import bokeh_palette_to_palette
 
@@ -93,17 +94,46 @@ def colour_limits(values: np.ndarray, scale: str = "strength") -> tuple[float, f
     return low, high
 
 
-def figure_pane(element: object) -> pn.pane.HoloViews:
-    """A view's figure (a HoloViews element) as a pane whose axes are its own.
+def figure_pane(element: object, fit_width: bool = False) -> pn.pane.HoloViews:
+    """A view's figure (a HoloViews element) as a pane whose axes are its own, as wide as
+    its container with ``fit_width`` (a figure named with ``fit_width``, see :func:`named`).
 
     Panel links the axes of HoloViews panes of equal dimensions across a page; the two sides
     of a compare page then shared one extent, the first drawn: a Mode 1 scatterplot's after a
     block opened on either side, a 16x16 patch grid beside an 8x8 one.
     """
-    return pn.pane.HoloViews(element, linked_axes=False)
+    sizing = {"sizing_mode": "stretch_width"} if fit_width else {}
+    return pn.pane.HoloViews(element, linked_axes=False, **sizing)
 
 
-def named(name: str, webgl: bool = False) -> Callable[[object, object], None]:
+# Keeps a figure's frame height at ``ratio`` times its frame width (``inner_width``, which the
+# browser sets on each layout): run on a new width, and when the server sends the frame height
+# HoloViews gives a figure on an update.
+FIT_JS = """
+const height = Math.round(cb_obj.inner_width * ratio);
+if (cb_obj.inner_width > 0 && cb_obj.frame_height !== height) cb_obj.frame_height = height;
+"""
+FIT_NAME = "mambapanel-fit-width"
+
+
+def fit_width(figure: object) -> None:
+    """Make a Bokeh figure sized by its frame as wide as its container, its frame as high
+    for its width as the frame it was given (so that a patch grid keeps square patches at
+    any width). Idempotent: a hook runs on every update of a figure."""
+    ratio = figure.frame_height / figure.frame_width if figure.frame_width else None
+    figure.frame_width = None
+    figure.sizing_mode = "stretch_width"
+    for callback in figure.js_property_callbacks.get("change:inner_width", []):
+        if callback.name == FIT_NAME:
+            if ratio is not None:
+                callback.args = {"ratio": ratio}
+            return
+    callback = CustomJS(name=FIT_NAME, args={"ratio": ratio}, code=FIT_JS)
+    figure.js_on_change("inner_width", callback)
+    figure.js_on_change("frame_height", callback)
+
+
+def named(name: str, webgl: bool = False, fit: bool = False) -> Callable[[object, object], None]:
     """A HoloViews hook for a figure sized by its frame (``frame_width``, ``frame_height``).
 
     It names the Bokeh figure, so that a browser (and a browser test) can find each view's
@@ -113,11 +143,19 @@ def named(name: str, webgl: bool = False) -> Callable[[object, object], None]:
     frame, not given. And it draws on a canvas unless ``webgl``: HoloViews asks for WebGL
     everywhere, which pays only for many glyphs; a browser without a GPU emulates it, and a
     served page's three figures then took 0.2 s longer to appear (benchmarks/RESULTS.md).
+
+    With ``fit``, the figure takes its container's width instead, and its frame keeps the
+    shape of the frame HoloViews was given (:func:`fit_width`); show it in a
+    ``figure_pane(element, fit_width=True)``.
     """
 
     def hook(plot: object, _: object) -> None:
-        plot.state.name = name
-        plot.state.sizing_mode = None
-        plot.state.output_backend = "webgl" if webgl else "canvas"
+        figure = plot.state
+        figure.name = name
+        figure.output_backend = "webgl" if webgl else "canvas"
+        if fit:
+            fit_width(figure)
+        else:
+            figure.sizing_mode = None
 
     return hook

@@ -1,4 +1,4 @@
-"""Header widgets that Panel's ``from_param`` cannot make: a menu whose labels differ from
+"""Controls that Panel's ``from_param`` cannot make: a menu whose labels differ from
 its values and may include None (a Select cannot show None), and an image chooser that
 stays light for runs with many images.
 """

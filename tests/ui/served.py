@@ -30,9 +30,14 @@ class Server:
     """``panel serve dashboards/<app>.py --args ...`` on 127.0.0.1 and a free port.
 
     ``counted``: run by tests/ui/counted_serve.py, which answers :meth:`count`.
+    ``script``: serve this script instead of ``dashboards/<app>.py`` (its name is ``app``).
     """
 
-    def __init__(self, app: str, run: str, *more_runs: str, counted: bool = False) -> None:
+    def __init__(
+        self, app: str, run: str, *more_runs: str, counted: bool = False, script: Path | None = None
+    ) -> None:
+        script = script or ROOT / "dashboards" / f"{app}.py"
+        assert script.stem == app, f"panel serve names the page {script.stem}, not {app}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/{app}"
         # One log per app and run name, replaced by the next session's.
@@ -40,7 +45,7 @@ class Server:
         ARTIFACTS.mkdir(exist_ok=True)
         launcher = [str(COUNTED_SERVE)] if counted else ["-m", "panel"]
         command = [
-            sys.executable, *launcher, "serve", f"dashboards/{app}.py",
+            sys.executable, *launcher, "serve", str(script),
             "--address", "127.0.0.1", "--port", str(self.port),
             "--allow-websocket-origin", f"127.0.0.1:{self.port}",
             "--args", run, *more_runs,

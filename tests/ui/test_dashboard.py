@@ -7,12 +7,14 @@ import csv
 import io
 import re
 import shutil
+import urllib.request
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 from served import ARTIFACTS, Server
 
 from mambapanel.store import stage_group
@@ -321,14 +323,27 @@ def frames(page: Page) -> dict[str, list[float]]:
 def test_the_figures_are_where_they_are_with_or_without_the_stylesheets(
     browser: Browser, explorer_server: Server
 ) -> None:
-    """A busy server sends the stylesheets after the browser has drawn the figures; a
-    widget that grew when they came moved the figures below it, under a user's click."""
+    """A busy server sends the widgets' stylesheets after the browser has drawn the
+    figures; a widget that grew when they came moved the figures below it, under a user's
+    click. (The page's own stylesheets, its template's, linked in its HTML, come before the
+    browser shows the page: those stay.)"""
+    with urllib.request.urlopen(explorer_server.url, timeout=TIMEOUT_MS / 1000) as response:
+        html = response.read().decode()
+    linked = {
+        urljoin(explorer_server.url, href)
+        for href in re.findall(r'<link rel="stylesheet" href="([^"]+)"', html)
+    }
+    assert linked, "the page should link its template's stylesheets"
+
+    def unless_linked(route: Route) -> None:
+        route.continue_() if route.request.url in linked else route.abort()
+
     placed = []
     for styled in (True, False):
         context = browser.new_context(viewport={"width": 1400, "height": 1100})
         page = context.new_page()
         if not styled:
-            page.route(re.compile(r"\.css(\?|$)"), lambda route: route.abort())
+            page.route(re.compile(r"\.css(\?|$)"), unless_linked)
         open_explorer(page, explorer_server, "stage=1&block=0&method=pca")
         figure(page, "image-view")
         placed.append(frames(page))
