@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Patch = tuple[int, int]
+# The attention of query patches: ``from`` them to each patch (rows of the matrix, query ->
+# key), or ``to`` them from each patch (columns).
+DIRECTIONS = ("from", "to")
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,46 @@ class RunData:
         row = self._read(group, "attention_mean", ("key",), block=block, query=query)
         return row.reshape(self.grid(stage))
 
+    def query_attention(
+        self, stage: int, block: int, query: Sequence[Patch], direction: str = "from"
+    ) -> np.ndarray:
+        """Algorithm 2 for a set of patches: the mean of the ``attention_mean`` rows of
+        ``query`` (``from``: the attention they give each patch) or of its columns (``to``:
+        the attention each patch gives them), f32(height, width).
+
+        Reads those rows, or those columns (every chunk of the block passes through zarr,
+        only the columns are kept); :func:`query_mean` on the whole matrix is the reference.
+        """
+        return self._query_mean(stage, query, direction, "attention_mean", block=block)
+
+    def image_query_attention(
+        self, stage: int, block: int, image: int, query: Sequence[Patch], direction: str = "from"
+    ) -> np.ndarray:
+        """:meth:`query_attention` on one image's ``attention``, f32(height, width).
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            A sketched run keeps no matrices of ``image`` (see :meth:`image_attention_row`).
+        """
+        self._check_kept(image)
+        return self._query_mean(stage, query, direction, "attention", image=image, block=block)
+
+    def _query_mean(
+        self, stage: int, query: Sequence[Patch], direction: str, variable: str, **index: int
+    ) -> np.ndarray:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if not query:
+            raise ValueError("no query patches: the mean of no rows or columns is undefined")
+        patches = [self.patch_index(stage, patch) for patch in query]
+        across = "query" if direction == "from" else "key"
+        values = self._read(
+            self._stage_group(stage), variable, ("query", "key"), **index, **{across: patches}
+        )
+        mean = values.mean(axis=0 if direction == "from" else 1, dtype=np.float64)
+        return mean.astype(np.float32).reshape(self.grid(stage))
+
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
         """One image's ``attention`` from ``patch`` to every patch, f32(height, width).
 
@@ -458,11 +501,12 @@ class RunData:
         variable: str,
         dims: tuple[str, ...] | None = None,
         allow_nan: bool = False,
-        **index: int,
+        **index: int | list[int],
     ) -> np.ndarray:
-        """``variable`` of ``group`` at integer positions ``index`` {dimension: position},
-        with the remaining dimensions in the order ``dims`` (what ``isel`` and
-        ``transpose`` do on the xarray variable; None: as stored).
+        """``variable`` of ``group`` at integer positions ``index`` {dimension: position or
+        list of positions}, with the remaining dimensions (a dimension indexed by a list
+        remains) in the order ``dims`` (what ``isel`` and ``transpose`` do on the xarray
+        variable; None: as stored).
 
         Raises
         ------
@@ -475,7 +519,7 @@ class RunData:
             ("array", group.path, variable), lambda: read_member(self.path, group, variable)
         )
         names = tuple(array.metadata.dimension_names)
-        kept = [name for name in names if name not in index]
+        kept = [name for name in names if not isinstance(index.get(name, []), int)]
         dims = tuple(kept) if dims is None else dims
         if set(index) - set(names) or set(kept) != set(dims):
             raise KeyError(
@@ -484,7 +528,7 @@ class RunData:
             )
         selection = tuple(index.get(name, slice(None)) for name in names)
         try:
-            values = array[selection]
+            values = array.oindex[selection] if kept != list(names) else array[selection]
         except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: a codec's
             raise self._damaged(array, selection, index, f"cannot be read ({err})") from err
         if values.dtype.kind == "f" and not allow_nan and np.isnan(values).any():
@@ -492,13 +536,16 @@ class RunData:
         return np.transpose(values, [kept.index(name) for name in dims])
 
     def _damaged(
-        self, array: zarr.Array, selection: tuple, index: dict[str, int], problem: str
+        self, array: zarr.Array, selection: tuple, index: dict[str, int | list[int]], problem: str
     ) -> RunError:
         """What is wrong with the chunk files behind ``array[selection]``, as a RunError."""
-        ranges = [
-            [position // size] if isinstance(position, int) else range(-(-length // size))
-            for position, size, length in zip(selection, array.chunks, array.shape, strict=True)
-        ]
+
+        def chunks(position: int | list[int] | slice, size: int, length: int) -> list[int]:
+            if isinstance(position, slice):
+                return list(range(-(-length // size)))
+            return sorted({index // size for index in np.atleast_1d(position).tolist()})
+
+        ranges = [chunks(*axis) for axis in zip(selection, array.chunks, array.shape, strict=True)]
         files = [
             Path(array.path, array.metadata.encode_chunk_key(coords))
             for coords in itertools.product(*ranges)
@@ -517,6 +564,14 @@ class RunData:
                 expected = int(np.prod(array.chunks)) * array.dtype.itemsize
                 what += f", {expected} bytes expected"
         return RunError(f"run {self.name} ({self.path}): {array.path}: {what}")
+
+
+def query_mean(matrix: np.ndarray, query: Sequence[int], direction: str) -> np.ndarray:
+    """The plain definition behind :meth:`RunData.query_attention`: the mean of the rows
+    (``from``) or the columns (``to``) ``query`` of an attention matrix f(query, key), one
+    at a time, f64(key) or f64(query)."""
+    picked = [matrix[index] if direction == "from" else matrix[:, index] for index in query]
+    return np.mean(np.array(picked, dtype=np.float64), axis=0)
 
 
 Run = str | Path | Location
