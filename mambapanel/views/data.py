@@ -141,7 +141,9 @@ class SharedReads:
 
 
 # Embeddings and thumbnails of a few runs take a few MB; 256 MB holds those of large runs
-# (1,000 images x 8 blocks of inter-block points, 3,136 patches per intra-block embedding).
+# (1,000 images x 8 blocks of inter-block points, 3,136 patches per intra-block embedding)
+# and the transposed mean matrices of a few blocks (39 MB each at 3,136 patches) that
+# queries of columns read.
 SHARED = SharedReads(max_bytes=int(os.environ.get("MAMBAPANEL_SHARED_MB", "256")) * 2**20)
 
 
@@ -345,15 +347,17 @@ class RunData:
         ``query`` (``from``: the attention they give each patch) or of its columns (``to``:
         the attention each patch gives them), f32(height, width).
 
-        Reads those rows, or those columns (every chunk of the block passes through zarr,
-        only the columns are kept); :func:`query_mean` on the whole matrix is the reference.
+        Reads those rows; columns span every chunk of the block, so its whole matrix is
+        read once, its columns kept as rows (in :attr:`shared`, for every session).
+        :func:`query_mean` on the whole matrix is the reference.
         """
         return self._query_mean(stage, query, direction, "attention_mean", block=block)
 
     def image_query_attention(
         self, stage: int, block: int, image: int, query: Sequence[Patch], direction: str = "from"
     ) -> np.ndarray:
-        """:meth:`query_attention` on one image's ``attention``, f32(height, width).
+        """:meth:`query_attention` on one image's ``attention``, f32(height, width). Its
+        matrix is one chunk, read whole for a row as for a column, and not kept.
 
         Raises
         ------
@@ -371,12 +375,27 @@ class RunData:
         if not query:
             raise ValueError("no query patches: the mean of no rows or columns is undefined")
         patches = [self.patch_index(stage, patch) for patch in query]
-        across = "query" if direction == "from" else "key"
-        values = self._read(
-            self._stage_group(stage), variable, ("query", "key"), **index, **{across: patches}
-        )
-        mean = values.mean(axis=0 if direction == "from" else 1, dtype=np.float64)
+        if direction == "to" and variable == "attention_mean":
+            values = self._columns(stage, index["block"])[patches]
+        else:  # rows of f(query, key), or of its transpose f(key, query) for columns
+            dims = ("query", "key") if direction == "from" else ("key", "query")
+            group = self._stage_group(stage)
+            values = self._read(group, variable, dims, **index, **{dims[0]: patches})
+        mean = values.mean(axis=0, dtype=np.float64)
         return mean.astype(np.float32).reshape(self.grid(stage))
+
+    def _columns(self, stage: int, block: int) -> np.ndarray:
+        """``attention_mean`` of a block transposed, f32(key, query), C-ordered and
+        read-only: its columns as rows."""
+
+        def read() -> np.ndarray:
+            group = self._stage_group(stage)
+            matrix = self._read(group, "attention_mean", ("key", "query"), block=block)
+            columns = np.ascontiguousarray(matrix)
+            columns.flags.writeable = False
+            return columns
+
+        return self._shared(("columns", stage, block), read)
 
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
         """One image's ``attention`` from ``patch`` to every patch, f32(height, width).

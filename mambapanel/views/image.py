@@ -19,7 +19,7 @@ from mambapanel.views.patch import (
     click,
     direction_parameter,
     grid_opts,
-    outlined,
+    outline,
     queried,
     query_parameter,
     query_text,
@@ -62,7 +62,7 @@ def thumbnail_rgb(
 # What the Image view can lay over the image: label -> value. "cls" needs a run that stores
 # its CLS token's attention (Vim), the explanations a run made with them.
 MAPS = {
-    "attention of the clicked / query patches": "patch",
+    "attention of the query patches": "patch",
     "attention from CLS": "cls",
     "rollout": "rollout",
     "attribution (gradient × attention)": "attribution",
@@ -217,18 +217,19 @@ class ImageView(pn.viewable.Viewer):
         if self.run is None:
             self._plot[:] = [pn.pane.Alert("No run.", alert_type="warning")]
             return
-        query = ["patch", "query", "direction"]
-        image = hv.DynamicMap(
-            self._image, streams=[hv.streams.Params(self, ["image", "block", *query, "shown"])]
-        )
+        # One stream for every layer: the plot is refreshed once per change, each layer's
+        # stream refreshed it (and read the map) once more.
+        changes = ["image", "block", "patch", "query", "direction", "opacity", "shown"]
+        streams = [hv.streams.Params(self, changes)]
+        image = hv.DynamicMap(self._image, streams=streams)
         layers = image
         if self._attention:
-            streams = [hv.streams.Params(self, ["block", "image", *query, "opacity", "shown"])]
             layers = layers * hv.DynamicMap(self._attention_layer, streams=streams)
         # The stream on the image, not on the overlay (see PatchView._build).
         self.tap = hv.streams.Tap(source=image)
         self.tap.add_subscriber(held(self.select))
-        self._plot[:] = [figure_pane(layers * outlined(self))]
+        outlines = hv.DynamicMap(lambda **_: outline(self.queried), streams=streams)
+        self._plot[:] = [figure_pane(layers * outlines)]
 
     def _image(self, **_: object) -> hv.RGB:
         image_id = self.run.image_ids[self.image]

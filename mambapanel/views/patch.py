@@ -100,14 +100,6 @@ def outline(patches: list[Patch]) -> hv.Rectangles:
     )
 
 
-def outlined(view: param.Parameterized) -> hv.DynamicMap:
-    """The outlines of ``view``'s query patches (:func:`queried`), following them."""
-    return hv.DynamicMap(
-        lambda patch, query: outline(queried(query, patch)),
-        streams=[hv.streams.Params(view, ["patch", "query"])],
-    )
-
-
 def click(view: param.Parameterized, x: float | None, y: float | None) -> None:
     """A tap at (col, row) = (x, y) on ``view``'s grid clicks the patch there, which becomes
     the query alone (outside the grid: nothing changes)."""

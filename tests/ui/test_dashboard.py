@@ -133,7 +133,7 @@ def draw_lasso(page: Page, scatter: dict) -> np.ndarray:
 def listed_patches(page: Page) -> set[tuple[int, int]]:
     """The selected patches as the status line lists them (at most STATUS_PATCHES)."""
     # The status line's text is in the HTML pane's shadow root, which locators enter.
-    text = status(page).locator("p").inner_text().split("Selection")[1]
+    text = status(page).locator("p").inner_text().split("Selection")[1].split("Attention")[0]
     return {(int(r), int(c)) for r, c in re.findall(r"\((\d+), (\d+)\)", text)}
 
 
@@ -268,12 +268,12 @@ def test_export_buttons_download_the_figures_and_the_selection(
     assert csv_download.value.suggested_filename == "selection-small-run-stage1-block1.csv"
     rows = list(csv.reader(io.StringIO(csv_download.value.path().read_text())))
     assert rows[0] == [
-        "run", "stage", "block", "query_row", "query_col", "key_row", "key_col", "attention",
+        "run", "stage", "block", "direction", "query", "patch_row", "patch_col", "attention",
     ]  # fmt: skip
     stored = RunData(small_run).attention_row(1, 1, (2, 5))
     assert {(int(row[5]), int(row[6])) for row in rows[1:]} == selected
     for row in rows[1:]:
-        assert row[:5] == ["small-run", "1", "1", "2", "5"]
+        assert row[:5] == ["small-run", "1", "1", "from", "2,5"]
         assert float(row[7]) == float(stored[int(row[5]), int(row[6])])
 
     with page.expect_download(timeout=TIMEOUT_MS) as png_download:
