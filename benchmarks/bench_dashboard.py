@@ -7,7 +7,8 @@
    ``attention_mean``) and ``to`` (columns): to the patch grid of a PatchView alone
    (target <= 100 ms), and to the Explorer's patch grid, image view and status (the image
    view reads its image's whole matrix in either direction, one chunk per image and
-   block, as a click does; no target);
+   block, as a click does; no target), and the first query of columns of a block (which
+   reads its whole matrix; no target);
 2. lasso -> views, 1,000,000 inter-block points (Mode 1; a synthetic embedding of 125,000
    images x 8 blocks, since no run here has that many): the same path, Datashader
    re-shading the selected points (target <= 300 ms);
@@ -65,7 +66,7 @@ from playwright.sync_api import sync_playwright
 
 from compute.demo import DEMO_MODELS
 from mambapanel.views import Explorer, RunData
-from mambapanel.views.data import Embedding
+from mambapanel.views.data import Embedding, SharedReads
 from mambapanel.views.patch import PatchView
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +111,8 @@ class SyntheticRun(RunData):
     stages = property(lambda self: [0])
     image_ids = property(lambda self: self._ids)
     order = property(lambda self: "cross")
+    has_cls = property(lambda self: False)
+    explanations = property(lambda self: [])
 
     def n_blocks(self, stage: int) -> int:
         return self._n_blocks
@@ -414,6 +417,15 @@ def main() -> None:
             views = Explorer(run, stage=0, block=0)
             times = query_times(views, direction, args.repeat)
             report(f"box of 50 patches -> views, {direction}, p² = {points}", times, None)
+        # The first query of columns of a block reads its whole matrix (kept transposed).
+        unread = RunData(run, shared=SharedReads(max_bytes=2**30))
+        started = time.perf_counter()
+        unread.query_attention(0, 0, [(row, 0) for row in range(50)], "to")
+        print(
+            f"first query of columns of a block, p² = {points} (reads it): "
+            f"{(time.perf_counter() - started) * 1000:.0f} ms ({load()})",
+            flush=True,
+        )
         synthetic = Explorer(SyntheticRun(125_000, 8), stage=0, block=None)
         points = len(synthetic.sides[0].scatter.points)
         report(

@@ -571,7 +571,7 @@ class RunData:
         ]
         local = isinstance(self.path, Path)  # chunk files of an object store are not looked at
         missing = [file for file in files if local and not (self.path / file).is_file()]
-        where = ", ".join(f"{name} {position}" for name, position in index.items()) or "all"
+        where = ", ".join(_positions(name, position) for name, position in index.items()) or "all"
         if not local:
             what = f"{where} {problem}"
         elif missing:
@@ -583,6 +583,12 @@ class RunData:
                 expected = int(np.prod(array.chunks)) * array.dtype.itemsize
                 what += f", {expected} bytes expected"
         return RunError(f"run {self.name} ({self.path}): {array.path}: {what}")
+
+
+def _positions(name: str, position: int | list[int]) -> str:
+    """Where along dimension ``name`` a read was, in words: ``query 21``, ``key 3, 4, 9``."""
+    listed = np.atleast_1d(position).tolist()
+    return f"{name} {', '.join(map(str, listed[:8]))}{' …' if len(listed) > 8 else ''}"
 
 
 def query_mean(matrix: np.ndarray, query: Sequence[int], direction: str) -> np.ndarray:

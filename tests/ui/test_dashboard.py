@@ -112,10 +112,23 @@ def select_option(page: Page, label: str, value: str) -> None:
     group.locator("select").select_option(value)
 
 
+def pick_tool(page: Page, shown: dict, tool: str) -> None:
+    """Click the button of ``tool`` (``lasso-select``, ``box-select``) in the toolbar of the
+    figure ``shown``: the one nearest its frame, as several figures have the tool."""
+    icons = page.locator(f".bk-tool-icon-{tool}")
+    centre = np.array([shown["left"] + shown["width"] / 2, shown["top"] + shown["height"] / 2])
+
+    def distance(index: int) -> float:
+        box = icons.nth(index).bounding_box()
+        return float(np.hypot(box["x"] - centre[0], box["y"] - centre[1]))
+
+    icons.nth(min(range(icons.count()), key=distance)).click()
+
+
 def draw_lasso(page: Page, scatter: dict) -> np.ndarray:
     """Draw a pentagon over the middle of the scatterplot's frame with the lasso tool; its
     vertices in page pixels."""
-    page.locator(".bk-tool-icon-lasso-select").click()
+    pick_tool(page, scatter, "lasso-select")
     centre = np.array(
         [scatter["left"] + scatter["width"] / 2, scatter["top"] + scatter["height"] / 2]
     )

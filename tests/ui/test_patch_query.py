@@ -16,7 +16,15 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 from served import Server
 from test_colour_scales import TOLERANCE, expected_colour
-from test_dashboard import TIMEOUT_MS, figure, open_explorer, status, to_page, wait_for_figure
+from test_dashboard import (
+    TIMEOUT_MS,
+    figure,
+    open_explorer,
+    pick_tool,
+    status,
+    to_page,
+    wait_for_figure,
+)
 
 from mambapanel.store import open_run, stage_group
 from mambapanel.views.data import query_mean
@@ -31,15 +39,8 @@ QUERY = [(row, col) for row in range(2, 5) for col in range(1, 5)]
 
 
 def drag_box(page: Page, grid: dict) -> None:
-    """Pick the patch view's box select tool (the one nearest its frame) and drag a box."""
-    icons = page.locator(".bk-tool-icon-box-select")
-    centre = np.array([grid["left"] + grid["width"] / 2, grid["top"] + grid["height"] / 2])
-
-    def distance(index: int) -> float:
-        box = icons.nth(index).bounding_box()
-        return float(np.hypot(box["x"] - centre[0], box["y"] - centre[1]))
-
-    icons.nth(min(range(icons.count()), key=distance)).click()
+    """Pick the patch view's box select tool and drag a box from corner to corner."""
+    pick_tool(page, grid, "box-select")
     start, end = (to_page(grid, *corner) for corner in CORNERS)
     page.mouse.move(*start)
     page.mouse.down()
