@@ -1,6 +1,7 @@
-"""The Explorer: header (run, stage, block, DR method, colour scale, image), the linked
-Scatterplot, Patch and Image views, a compare layout (two blocks or two runs), URL state and
-export. ``Explorer(run)`` is the dashboard and a notebook cell's value alike.
+"""The Explorer: header (run, stage, block, DR method, colour scale, image, the direction of
+the query's attention), the linked Scatterplot, Patch and Image views, a compare layout (two
+blocks or two runs), URL state and export. ``Explorer(run)`` is the dashboard and a notebook
+cell's value alike.
 """
 
 from __future__ import annotations
@@ -471,8 +472,9 @@ class Explorer(pn.viewable.Viewer):
         return export.csv_text(*self.selection_table())
 
     def sync_url(self, location: pn.io.location.Location) -> None:
-        """Keep run, stage, block, method, patch and image in the URL query of ``location``
-        (``pn.state.location`` when served), so that a link reproduces the view."""
+        """Keep run, stage, block, method, patch, image, scale, query and direction in the
+        URL query of ``location`` (``pn.state.location`` when served), so that a link
+        reproduces the view."""
         self._url_synced = True
         self.url_state.attach(self)
         location.sync(self.url_state, list(UrlState.FIELDS))

@@ -168,8 +168,8 @@ class PatchView(pn.viewable.Viewer):
         "selection shows the selection, a click or a query the attention.",
     )
 
-    # Derived from display, block and the query: whether the grid shows attention. A Bokeh plot
-    # keeps its colour bar and colour scale, so a change of it draws the plot anew.
+    # Derived from display, block and the query: whether the grid shows attention. A Bokeh
+    # plot keeps its colour bar and colour scale, so a change of it draws the plot anew.
     _attention = param.Boolean(default=False, precedence=-1)
 
     def __init__(self, **params) -> None:
@@ -251,7 +251,8 @@ class PatchView(pn.viewable.Viewer):
     @param.depends("run", "stage", "scale", "_attention", watch=True)
     def _build(self) -> None:
         """Draw anew (a Bokeh plot keeps its grid size, colour bar and colour scale); other
-        changes of block, patch and selection are written into the plot in place."""
+        changes of block, query (clicked patch), direction and selection are written into
+        the plot in place."""
         self._grid_plots = Drawn(self._draw_grid)
         self._outline_plots = Drawn(lambda plot: write_columns(plot, **box(self.queried)))
         grid = self._grid()
