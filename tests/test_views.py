@@ -298,7 +298,7 @@ def test_url_state_round_trip(explorer):
     explorer.sync_url(location)
     assert location.query_params == {
         "run": explorer.run, "stage": 1, "block": 0, "method": "pca", "image": 0,
-        "scale": "strength",
+        "scale": "strength", "dir": "from",
     }  # fmt: skip
     explorer.patch = (4, 2)
     assert location.query_params["patch"] == "4,2"
@@ -323,8 +323,8 @@ def test_exports(explorer, small_run):
     header, rows = explorer.selection_table()
     data = RunData(small_run)
     row = data.attention_row(1, 0, (2, 2))
-    assert header[3:] == ["query_row", "query_col", "key_row", "key_col", "attention"]
-    assert [r[3:7] for r in rows] == [[2, 2, 0, 1], [2, 2, 5, 5]]
+    assert header[3:] == ["direction", "query", "patch_row", "patch_col", "attention"]
+    assert [r[3:7] for r in rows] == [["from", "2,2", 0, 1], ["from", "2,2", 5, 5]]
     assert [r[7] for r in rows] == [float(row[0, 1]), float(row[5, 5])]
     text = explorer._downloads[1].callback().getvalue()
     assert next(csv.reader(io.StringIO(text))) == header

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Patch = tuple[int, int]
+# The attention of query patches: ``from`` them to each patch (rows of the matrix, query ->
+# key), or ``to`` them from each patch (columns).
+DIRECTIONS = ("from", "to")
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,9 @@ class SharedReads:
 
 
 # Embeddings and thumbnails of a few runs take a few MB; 256 MB holds those of large runs
-# (1,000 images x 8 blocks of inter-block points, 3,136 patches per intra-block embedding).
+# (1,000 images x 8 blocks of inter-block points, 3,136 patches per intra-block embedding)
+# and the transposed mean matrices of a few blocks (39 MB each at 3,136 patches) that
+# queries of columns read.
 SHARED = SharedReads(max_bytes=int(os.environ.get("MAMBAPANEL_SHARED_MB", "256")) * 2**20)
 
 
@@ -335,6 +340,63 @@ class RunData:
         row = self._read(group, "attention_mean", ("key",), block=block, query=query)
         return row.reshape(self.grid(stage))
 
+    def query_attention(
+        self, stage: int, block: int, query: Sequence[Patch], direction: str = "from"
+    ) -> np.ndarray:
+        """Algorithm 2 for a set of patches: the mean of the ``attention_mean`` rows of
+        ``query`` (``from``: the attention they give each patch) or of its columns (``to``:
+        the attention each patch gives them), f32(height, width).
+
+        Reads those rows; columns span every chunk of the block, so its whole matrix is
+        read once, its columns kept as rows (in :attr:`shared`, for every session).
+        :func:`query_mean` on the whole matrix is the reference.
+        """
+        return self._query_mean(stage, query, direction, "attention_mean", block=block)
+
+    def image_query_attention(
+        self, stage: int, block: int, image: int, query: Sequence[Patch], direction: str = "from"
+    ) -> np.ndarray:
+        """:meth:`query_attention` on one image's ``attention``, f32(height, width). Its
+        matrix is one chunk, read whole for a row as for a column, and not kept.
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            A sketched run keeps no matrices of ``image`` (see :meth:`image_attention_row`).
+        """
+        self._check_kept(image)
+        return self._query_mean(stage, query, direction, "attention", image=image, block=block)
+
+    def _query_mean(
+        self, stage: int, query: Sequence[Patch], direction: str, variable: str, **index: int
+    ) -> np.ndarray:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if not query:
+            raise ValueError("no query patches: the mean of no rows or columns is undefined")
+        patches = [self.patch_index(stage, patch) for patch in query]
+        if direction == "to" and variable == "attention_mean":
+            values = self._columns(stage, index["block"])[patches]
+        else:  # rows of f(query, key), or of its transpose f(key, query) for columns
+            dims = ("query", "key") if direction == "from" else ("key", "query")
+            group = self._stage_group(stage)
+            values = self._read(group, variable, dims, **index, **{dims[0]: patches})
+        mean = values.mean(axis=0, dtype=np.float64)
+        return mean.astype(np.float32).reshape(self.grid(stage))
+
+    def _columns(self, stage: int, block: int) -> np.ndarray:
+        """``attention_mean`` of a block transposed, f32(key, query), C-ordered and
+        read-only: its columns as rows."""
+
+        def read() -> np.ndarray:
+            group = self._stage_group(stage)
+            matrix = self._read(group, "attention_mean", ("key", "query"), block=block)
+            columns = np.ascontiguousarray(matrix)
+            columns.flags.writeable = False
+            return columns
+
+        return self._shared(("columns", stage, block), read)
+
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
         """One image's ``attention`` from ``patch`` to every patch, f32(height, width).
 
@@ -458,11 +520,12 @@ class RunData:
         variable: str,
         dims: tuple[str, ...] | None = None,
         allow_nan: bool = False,
-        **index: int,
+        **index: int | list[int],
     ) -> np.ndarray:
-        """``variable`` of ``group`` at integer positions ``index`` {dimension: position},
-        with the remaining dimensions in the order ``dims`` (what ``isel`` and
-        ``transpose`` do on the xarray variable; None: as stored).
+        """``variable`` of ``group`` at integer positions ``index`` {dimension: position or
+        list of positions}, with the remaining dimensions (a dimension indexed by a list
+        remains) in the order ``dims`` (what ``isel`` and ``transpose`` do on the xarray
+        variable; None: as stored).
 
         Raises
         ------
@@ -475,7 +538,7 @@ class RunData:
             ("array", group.path, variable), lambda: read_member(self.path, group, variable)
         )
         names = tuple(array.metadata.dimension_names)
-        kept = [name for name in names if name not in index]
+        kept = [name for name in names if not isinstance(index.get(name, []), int)]
         dims = tuple(kept) if dims is None else dims
         if set(index) - set(names) or set(kept) != set(dims):
             raise KeyError(
@@ -484,7 +547,7 @@ class RunData:
             )
         selection = tuple(index.get(name, slice(None)) for name in names)
         try:
-            values = array[selection]
+            values = array.oindex[selection] if kept != list(names) else array[selection]
         except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: a codec's
             raise self._damaged(array, selection, index, f"cannot be read ({err})") from err
         if values.dtype.kind == "f" and not allow_nan and np.isnan(values).any():
@@ -492,20 +555,23 @@ class RunData:
         return np.transpose(values, [kept.index(name) for name in dims])
 
     def _damaged(
-        self, array: zarr.Array, selection: tuple, index: dict[str, int], problem: str
+        self, array: zarr.Array, selection: tuple, index: dict[str, int | list[int]], problem: str
     ) -> RunError:
         """What is wrong with the chunk files behind ``array[selection]``, as a RunError."""
-        ranges = [
-            [position // size] if isinstance(position, int) else range(-(-length // size))
-            for position, size, length in zip(selection, array.chunks, array.shape, strict=True)
-        ]
+
+        def chunks(position: int | list[int] | slice, size: int, length: int) -> list[int]:
+            if isinstance(position, slice):
+                return list(range(-(-length // size)))
+            return sorted({index // size for index in np.atleast_1d(position).tolist()})
+
+        ranges = [chunks(*axis) for axis in zip(selection, array.chunks, array.shape, strict=True)]
         files = [
             Path(array.path, array.metadata.encode_chunk_key(coords))
             for coords in itertools.product(*ranges)
         ]
         local = isinstance(self.path, Path)  # chunk files of an object store are not looked at
         missing = [file for file in files if local and not (self.path / file).is_file()]
-        where = ", ".join(f"{name} {position}" for name, position in index.items()) or "all"
+        where = ", ".join(_positions(name, position) for name, position in index.items()) or "all"
         if not local:
             what = f"{where} {problem}"
         elif missing:
@@ -517,6 +583,20 @@ class RunData:
                 expected = int(np.prod(array.chunks)) * array.dtype.itemsize
                 what += f", {expected} bytes expected"
         return RunError(f"run {self.name} ({self.path}): {array.path}: {what}")
+
+
+def _positions(name: str, position: int | list[int]) -> str:
+    """Where along dimension ``name`` a read was, in words: ``query 21``, ``key 3, 4, 9``."""
+    listed = np.atleast_1d(position).tolist()
+    return f"{name} {', '.join(map(str, listed[:8]))}{' …' if len(listed) > 8 else ''}"
+
+
+def query_mean(matrix: np.ndarray, query: Sequence[int], direction: str) -> np.ndarray:
+    """The plain definition behind :meth:`RunData.query_attention`: the mean of the rows
+    (``from``) or the columns (``to``) ``query`` of an attention matrix f(query, key), one
+    at a time, f64(key) or f64(query)."""
+    picked = [matrix[index] if direction == "from" else matrix[:, index] for index in query]
+    return np.mean(np.array(picked, dtype=np.float64), axis=0)
 
 
 Run = str | Path | Location

@@ -1,7 +1,8 @@
-"""The Explorer: controls (run, stage, block, DR method, colour scale, image), the linked
-Scatterplot, Patch and Image views, a compare layout (two blocks or two runs), URL state and
-export. ``Explorer(run)`` is a notebook cell's value; a served page puts its controls in a
-template's sidebar (:meth:`Explorer.sidebar`, :meth:`Explorer.main`).
+"""The Explorer: controls (run, stage, block, DR method, colour scale, image, the direction
+of the query's attention), the linked Scatterplot, Patch and Image views, a compare layout
+(two blocks or two runs), URL state and export. ``Explorer(run)`` is a notebook cell's
+value; a served page puts its controls in a template's sidebar (:meth:`Explorer.sidebar`,
+:meth:`Explorer.main`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from mambapanel.store import RunError
 from mambapanel.views.data import RunData, RunsLike, load_runs
 from mambapanel.views.geometry import patch_at_location, patches_at_location
 from mambapanel.views.image import ImageView
-from mambapanel.views.patch import PatchView
+from mambapanel.views.patch import (
+    PatchView,
+    direction_parameter,
+    queried,
+    query_parameter,
+    query_text,
+)
 from mambapanel.views.scatter import ScatterView
 from mambapanel.views.serve import TITLE
 from mambapanel.views.style import BUTTON_HEIGHT, SCALES
@@ -33,7 +40,7 @@ COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
 # new line where their bases do not fit side by side (the image view first, then the patch
 # view); the scatterplot, the study's main view, takes the largest share.
 VIEW_FLEX = {"scatter": (5, 420, 960), "patches": (3, 300, 640), "image": (3, 300, 400)}
-STATUS_PATCHES = 40  # selected patches listed by name in the status line
+STATUS_PATCHES = 40  # selected (and query) patches listed by name in the status line
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,8 @@ class Explorer(pn.viewable.Viewer):
     selection = param.List(
         default=[], item_type=tuple, doc="Patches (row, col) selected in a Mode 2 scatterplot."
     )
+    query = query_parameter()
+    direction = direction_parameter()
     compare = param.Selector(
         default="none", objects=COMPARE, doc="A second side: another block or another run."
     )
@@ -234,13 +243,14 @@ class Explorer(pn.viewable.Viewer):
 
     @param.depends("stage", watch=True)
     def _on_stage(self) -> None:
-        """Offer the stage's blocks and methods; a patch or selection of another grid goes."""
+        """Offer the stage's blocks and methods; patches of another grid go (clicked,
+        selected, query)."""
         run = self.data
         blocks = list(range(run.n_blocks(self.stage)))
         self._set_objects("block", [None, *blocks])
         self._set_objects("block_b", blocks, default=blocks[-1])
         self._set_objects("method", run.methods(self.stage) or ["pca"])
-        self.param.update(patch=None, selection=[])
+        self.param.update(patch=None, selection=[], query=[])
 
     def _set_objects(self, name: str, objects: list, default: object = None) -> None:
         """Replace a selector's choices; keep its value when still a choice, else take
@@ -273,10 +283,12 @@ class Explorer(pn.viewable.Viewer):
         at the same image location where ``run``'s grid is not the left run's."""
         patch, selection = self._on_grid_of(run, self.patch, self.selection)
         common = dict(run=run, stage=self.stage, block=block, patch=patch)
+        query = self._on_grid_of(run, None, self.query)[1]
+        attention = dict(common, query=query, direction=self.direction, scale=self.scale)
         return (
             dict(common, method=self.method, image=self.image),
-            dict(common, selection=selection, scale=self.scale),
-            dict(common, image=self.image, scale=self.scale),
+            dict(attention, selection=selection),
+            dict(attention, image=self.image),
         )
 
     def _on_grid_of(
@@ -317,8 +329,8 @@ class Explorer(pn.viewable.Viewer):
         return None
 
     @param.depends(
-        "run", "stage", "block", "method", "scale", "image", "patch", "selection",
-        "compare", "block_b", "run_b", watch=True,
+        "run", "stage", "block", "method", "scale", "image", "patch", "selection", "query",
+        "direction", "compare", "block_b", "run_b", watch=True,
     )  # fmt: skip
     def _forward(self) -> None:
         """Push the state into the views of each side shown, one batch per view."""
@@ -364,12 +376,15 @@ class Explorer(pn.viewable.Viewer):
             view.param.watch(act_unless_linking, names)
 
         def clicked(changed: dict) -> None:  # on the side's grid
-            self.patch = self._on_grid_of(side.scatter.run, changed["patch"], [], back=True)[0]
+            # A click or a query replaces both: the clicked patch is the query alone.
+            patch, query = changed.get("patch"), changed.get("query", [])
+            moved = self._on_grid_of(side.scatter.run, patch, query, back=True)
+            self.param.update(dict(zip(("patch", "query"), moved, strict=True)))
 
         watch(side.scatter, ["selected"], lambda _: self._selected_from(side.scatter))
         watch(side.scatter, ["block", "image"], lambda changed: self._picked(index, changed))
         for view in side.views():
-            watch(view, ["patch"], clicked)
+            watch(view, ["patch", "query"] if "query" in view.param else ["patch"], clicked)
 
     def _selected_from(self, scatter: ScatterView) -> None:
         if scatter.mode == 2:
@@ -437,11 +452,30 @@ class Explorer(pn.viewable.Viewer):
                 self.param.scale, color="light", width=210, height=BUTTON_HEIGHT, margin=(25, 5)
             ),
             image_chooser(self, lambda: self.data.image_ids, ["run"]),
+            *self._query_controls(),
             select("compare", "compare", 130),
             self._block_b,
             self._run_b,
             *self._downloads,
         ]
+
+    def _query_controls(self) -> list[pn.viewable.Viewable]:
+        """The direction of the query's attention: ``from`` (rows) or ``to`` (columns)."""
+        return [
+            pn.widgets.RadioButtonGroup.from_param(
+                self.param.direction,
+                color="light",
+                width=90,
+                height=BUTTON_HEIGHT,
+                margin=(25, 5),
+                css_classes=["mambapanel-direction"],
+            )
+        ]
+
+    @property
+    def queried(self) -> list[tuple[int, int]]:
+        """The query patches (:func:`mambapanel.views.patch.queried`), on the left grid."""
+        return queried(self.query, self.patch)
 
     def _update_status(self) -> None:
         scatter = self.sides[0].scatter
@@ -459,9 +493,10 @@ class Explorer(pn.viewable.Viewer):
                 f"{len(self.selection)} patches selected{': ' if listed else ''}{listed}{more}"
             )
         problems = "".join(f" · URL: {problem}" for problem in self.url_state.problems)
-        self.status.object = (
-            f"<p>{escape(f'Clicked patch: {patch} · Selection: {selection}{problems}')}</p>"
-        )
+        queried = self.queried
+        query = query_text(queried, self.direction, STATUS_PATCHES) if queried else "none"
+        text = f"Clicked patch: {patch} · Selection: {selection} · Attention: {query}{problems}"
+        self.status.object = f"<p>{escape(text)}</p>"
         name = f"{self.run}-{Address(self.stage, self.block).slug()}"
         self._downloads[0].filename = f"mambapanel-{name}.png"
         self._downloads[1].filename = f"selection-{name}.csv"
@@ -490,8 +525,9 @@ class Explorer(pn.viewable.Viewer):
         return export.csv_text(*self.selection_table())
 
     def sync_url(self, location: pn.io.location.Location) -> None:
-        """Keep run, stage, block, method, patch and image in the URL query of ``location``
-        (``pn.state.location`` when served), so that a link reproduces the view."""
+        """Keep run, stage, block, method, patch, image, scale, query and direction in the
+        URL query of ``location`` (``pn.state.location`` when served), so that a link
+        reproduces the view."""
         self._url_synced = True
         self.url_state.attach(self)
         location.sync(self.url_state, list(UrlState.FIELDS))

@@ -15,7 +15,7 @@ import xarray as xr
 from PIL import Image, ImageDraw
 
 from mambapanel.views.image import ImageView
-from mambapanel.views.patch import PatchView
+from mambapanel.views.patch import PatchView, query_text
 from mambapanel.views.scatter import ScatterView, padded_range
 from mambapanel.views.style import (
     COLUMN_CMAP,
@@ -30,6 +30,7 @@ from mambapanel.views.style import (
     hex_colours,
     scaled,
 )
+from mambapanel.views.url import format_patches
 
 PANEL = 320  # pixels per exported figure
 CAPTION = 18  # pixels of caption above each figure
@@ -92,7 +93,7 @@ def patch_figure(view: PatchView) -> Image.Image:
         picture = shade(values, attention_cmap(view.scale), colour_limits(values, view.scale), how)
     else:
         picture = shade(values, [GREY, RED], (0, 1), "linear")
-    return _outlined(_on_white(picture), view.patch, values.shape)
+    return _outlined(_on_white(picture), view.queried, values.shape)
 
 
 def image_figure(view: ImageView) -> Image.Image:
@@ -109,7 +110,7 @@ def image_figure(view: ImageView) -> Image.Image:
         alpha = np.asarray(layer)[..., 3].astype(np.float64) * view.opacity
         layer.putalpha(Image.fromarray(alpha.astype(np.uint8)))
         thumbnail = Image.alpha_composite(thumbnail, layer)
-    return _outlined(thumbnail.convert("RGB"), view.patch, (height, width))
+    return _outlined(thumbnail.convert("RGB"), view.queried, (height, width))
 
 
 def figures_png(rows: Sequence[Sequence[tuple[str, Image.Image]]]) -> bytes:
@@ -136,18 +137,18 @@ def side_figures(
     """The three figures of one side, with captions that say what each shows."""
     run = scatter.run
     where = "all blocks" if scatter.block is None else f"block {scatter.block}"
-    clicked = "" if patches.patch is None else f", patch ({patches.patch[0]}, {patches.patch[1]})"
-    # The colour scale is named where attention is drawn.
+    # The query's attention and the colour scale are named where attention is drawn.
+    query = query_text(patches.queried, patches.direction) if patches.queried else ""
     scale = f" · {SCALE_LABELS[patches.scale]}"
-    patch_scale = scale if patches.shows_attention else ""
-    image_scale = scale if image.block is not None and image.patch is not None else ""
+    patch_shows = f" {query}{scale}" if patches.shows_attention else ""
+    image_shows = f", {query}{scale}" if image.block is not None and image.queried else ""
     return [
         (
             f"{run.name} · stage {scatter.stage} · {where} · {scatter.method}",
             scatter_figure(scatter),
         ),
-        (f"patches: {patches.display}{clicked}{patch_scale}", patch_figure(patches)),
-        (f"{run.image_ids[image.image]}{clicked}{image_scale}", image_figure(image)),
+        (f"patches: {patches.display}{patch_shows}", patch_figure(patches)),
+        (f"{run.image_ids[image.image]}{image_shows}", image_figure(image)),
     ]
 
 
@@ -156,9 +157,11 @@ def selection_table(
 ) -> tuple[list[str], list[list[object]]]:
     """The selection as (header, rows).
 
-    Mode 2: one row per selected patch, or every patch when none is selected, with the
-    ``attention_mean`` from the clicked patch (query) to it (key); the query and attention
-    are empty without a clicked patch. Mode 1: one row per selected (image, block) point.
+    Mode 2: one row per selected patch (``patch_row``, ``patch_col``), or every patch when
+    none is selected, with the attention the patch view colours it by: the mean
+    ``attention_mean`` from the query patches to it (``direction`` from), or from it to
+    them (to); ``query`` lists them as the URL does (``row,col;row,col``), and it and the
+    attention are empty without a query. Mode 1: one row per selected (image, block) point.
     """
     run, stage, block = scatter.run, scatter.stage, scatter.block
     if scatter.mode == 1:
@@ -170,17 +173,16 @@ def selection_table(
             for i in scatter.selected
         ]  # fmt: skip
         return header, rows
-    header = ["run", "stage", "block", "query_row", "query_col", "key_row", "key_col", "attention"]
+    header = ["run", "stage", "block", "direction", "query", "patch_row", "patch_col", "attention"]
     height, width = run.grid(stage)
-    keys = patches.selection or [(r, c) for r in range(height) for c in range(width)]
-    if patches.patch is None:
-        query, attention = ["", ""], None
-    else:
-        query, attention = list(patches.patch), run.attention_row(stage, block, patches.patch)
+    shown = patches.selection or [(r, c) for r in range(height) for c in range(width)]
+    query, direction = patches.queried, patches.direction
+    attention = run.query_attention(stage, block, query, direction) if query else None
     rows = [
-        [run.name, stage, block, *query, r, c, "" if attention is None else float(attention[r, c])]
-        for r, c in keys
-    ]
+        [run.name, stage, block, direction, format_patches(query), r, c,
+         "" if attention is None else float(attention[r, c])]
+        for r, c in shown
+    ]  # fmt: skip
     return header, rows
 
 
@@ -206,17 +208,17 @@ def _on_white(picture: Image.Image) -> Image.Image:
 
 
 def _outlined(
-    picture: Image.Image, patch: tuple[int, int] | None, grid: tuple[int, int]
+    picture: Image.Image, patches: list[tuple[int, int]], grid: tuple[int, int]
 ) -> Image.Image:
     """Scaled up to about :data:`PANEL` pixels (nearest: patches stay sharp), with the
-    clicked patch outlined."""
+    query patches outlined."""
     height, width = grid
     factor = max(1, PANEL // max(height, width))
     picture = picture.resize((width * factor, height * factor), Image.Resampling.NEAREST)
-    if patch is not None:
-        row, col = patch
+    draw = ImageDraw.Draw(picture)
+    for row, col in patches:
         box = (col * factor, row * factor, (col + 1) * factor - 1, (row + 1) * factor - 1)
-        ImageDraw.Draw(picture).rectangle(box, outline=OUTLINE, width=max(2, factor // 6))
+        draw.rectangle(box, outline=OUTLINE, width=max(2, factor // 6))
     return picture
 
 

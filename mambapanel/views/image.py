@@ -1,7 +1,7 @@
 """The Image view: one image (the run's thumbnail, the model's centre crop) with a map of that
-image laid over it: its own attention from the clicked patch (content-relevant attention,
-per image), from the CLS token (Vim), or an explanation of its prediction (rollout,
-attribution: mambapanel.explain) with the perturbation test's numbers for it beside.
+image laid over it: its own attention from (or to) the query patches (content-relevant
+attention, per image), from the CLS token (Vim), or an explanation of its prediction
+(rollout, attribution: mambapanel.explain) with the perturbation test's numbers for it beside.
 """
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ import param
 from mambapanel.store import THUMBNAIL_SIZE
 from mambapanel.views.data import RunData
 from mambapanel.views.hold import held
-from mambapanel.views.patch import FRAME, grid_opts, outlined, patch_at
+from mambapanel.views.patch import (
+    FRAME,
+    click,
+    direction_parameter,
+    grid_opts,
+    outline,
+    queried,
+    query_parameter,
+    query_text,
+)
 from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
     SCALE_LABELS,
@@ -53,7 +62,7 @@ def thumbnail_rgb(
 # What the Image view can lay over the image: label -> value. "cls" needs a run that stores
 # its CLS token's attention (Vim), the explanations a run made with them.
 MAPS = {
-    "attention from the clicked patch": "patch",
+    "attention of the query patches": "patch",
     "attention from CLS": "cls",
     "rollout": "rollout",
     "attribution (gradient × attention)": "attribution",
@@ -87,8 +96,9 @@ def map_layer(
 
 
 class ImageView(pn.viewable.Viewer):
-    """One image with a map over it: its attention from the clicked patch (needs a block and
-    a patch), from CLS (needs a block), or a relevance map of its prediction."""
+    """One image with a map over it: its attention from (or to) the query patches (needs a
+    block and a query or a clicked patch), from CLS (needs a block), or a relevance map of
+    its prediction."""
 
     run = param.ClassSelector(class_=RunData, doc="The run whose images are shown.")
     stage = param.Integer(default=0, bounds=(0, None), doc="Stage of the model.")
@@ -99,6 +109,8 @@ class ImageView(pn.viewable.Viewer):
     patch = param.Tuple(
         default=None, length=2, allow_None=True, doc="(row, col) of the clicked patch."
     )
+    query = query_parameter()
+    direction = direction_parameter()
     scale = param.Selector(
         default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
     )
@@ -154,19 +166,27 @@ class ImageView(pn.viewable.Viewer):
             self.shown = "patch"
         self._maps.value = self.shown
 
+    @property
+    def queried(self) -> list[tuple[int, int]]:
+        """The query patches (:func:`mambapanel.views.patch.queried`)."""
+        return queried(self.query, self.patch)
+
     def attention(self) -> np.ndarray | None:
-        """The map shown over the image: the image's attention row from the clicked patch or
-        from CLS, f32(height, width) on the stage's stored grid, or its relevance map on the
-        run's relevance grid; None without what it needs (a block; for ``patch``, a patch)."""
+        """The map shown over the image: the image's mean attention from (or to) the query
+        patches (:meth:`RunData.image_query_attention`) or its attention from CLS,
+        f32(height, width) on the stage's stored grid, or its relevance map on the run's
+        relevance grid; None without what it needs (a block; for ``patch``, a query)."""
         if self.shown in RELEVANCE_MAPS:
             return self.run.relevance(self.image, self.shown)
         if self.block is None:
             return None
         if self.shown == "cls":
             return self.run.cls_attention(self.stage, self.block, self.image)
-        if self.patch is None:
+        if not self.queried:
             return None
-        return self.run.image_attention_row(self.stage, self.block, self.image, self.patch)
+        return self.run.image_query_attention(
+            self.stage, self.block, self.image, self.queried, self.direction
+        )
 
     def layer_values(self) -> np.ndarray | None:
         """:meth:`attention` on a grid that covers the whole image: the stage's full grid
@@ -176,9 +196,10 @@ class ImageView(pn.viewable.Viewer):
             return values
         return full_grid_values(values, self.run.pool(self.stage), self.run.full_grid(self.stage))
 
-    @param.depends("block", "patch", "shown", watch=True, on_init=True)
+    @param.depends("block", "patch", "query", "shown", watch=True, on_init=True)
     def _update_attention(self) -> None:
-        needs = {"patch": (self.block, self.patch), "cls": (self.block,)}.get(self.shown, ())
+        query = self.queried or None
+        needs = {"patch": (self.block, query), "cls": (self.block,)}.get(self.shown, ())
         self._attention = all(value is not None for value in needs)
 
     @param.depends("run", "image", "shown", watch=True)
@@ -193,25 +214,27 @@ class ImageView(pn.viewable.Viewer):
 
     def select(self, x: float | None, y: float | None) -> None:
         """A tap at (col, row) = (x, y) on the image clicks the patch there."""
-        self.patch = patch_at(self.run.grid(self.stage), x, y) or self.patch
+        click(self, x, y)
 
     @param.depends("run", "stage", "scale", "_attention", watch=True)
     def _build(self) -> None:
-        """Draw anew; other changes (block, image, patch, opacity) update it in place."""
+        """Draw anew; other changes (block, image, query, opacity) update it in place."""
         if self.run is None:
             self._plot[:] = [pn.pane.Alert("No run.", alert_type="warning")]
             return
-        image = hv.DynamicMap(
-            self._image, streams=[hv.streams.Params(self, ["image", "block", "patch", "shown"])]
-        )
+        # One stream for every layer: the plot is refreshed once per change, each layer's
+        # stream refreshed it (and read the map) once more.
+        changes = ["image", "block", "patch", "query", "direction", "opacity", "shown"]
+        streams = [hv.streams.Params(self, changes)]
+        image = hv.DynamicMap(self._image, streams=streams)
         layers = image
         if self._attention:
-            streams = [hv.streams.Params(self, ["block", "image", "patch", "opacity", "shown"])]
             layers = layers * hv.DynamicMap(self._attention_layer, streams=streams)
         # The stream on the image, not on the overlay (see PatchView._build).
         self.tap = hv.streams.Tap(source=image)
         self.tap.add_subscriber(held(self.select))
-        self._plot[:] = [figure_pane(layers * outlined(self), fit_width=True)]
+        outlines = hv.DynamicMap(lambda **_: outline(self.queried), streams=streams)
+        self._plot[:] = [figure_pane(layers * outlines, fit_width=True)]
 
     def _image(self, **_: object) -> hv.RGB:
         image_id = self.run.image_ids[self.image]
@@ -221,10 +244,11 @@ class ImageView(pn.viewable.Viewer):
             title = f"{image_id}: pick a block" + (" and a patch" if self.shown == "patch" else "")
         elif self.shown == "cls":
             title = f"{image_id}: block {self.block}, from CLS"
-        elif self.patch is None:
+        elif not self.queried:
             title = f"{image_id}: pick a patch"
         else:
-            title = f"{image_id}: block {self.block}, from ({self.patch[0]}, {self.patch[1]})"
+            shown = query_text(self.queried, self.direction, listed=0)
+            title = f"{image_id}: block {self.block}, {shown}"
         blank = np.full((THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), 255, dtype=np.uint8)
         thumbnail = self.problems.read("thumbnail", lambda: self.run.thumbnail(self.image), blank)
         return thumbnail_rgb(

@@ -1,6 +1,7 @@
 """The Patch view: the stage's p x p patches as an ``hv.Image``. ``selection`` display: the
 patches selected in the scatterplot red on grey; ``attention`` display: every patch coloured
-by the attention from the clicked patch (``attention_mean``), the clicked patch outlined.
+by the mean attention from (or to) the query patches (``attention_mean``), outlined: those
+selected with the box or lasso tool on the grid, or the clicked patch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import numpy as np
 import panel as pn
 import param
 
-from mambapanel.views.data import Patch, RunData
+from mambapanel.views.data import DIRECTIONS, Patch, RunData
+from mambapanel.views.geometry import PointIndex
 from mambapanel.views.hold import held
 from mambapanel.views.inplace import Drawn, write_columns
 from mambapanel.views.problems import Problems
@@ -40,23 +42,76 @@ def patch_grid(values: np.ndarray, vdim: str) -> hv.Image:
     return hv.Image((np.arange(width), np.arange(height), values), ["col", "row"], [vdim])
 
 
-def box(patch: Patch | None) -> dict[str, np.ndarray]:
-    """The outline of ``patch`` (row, col) as the columns of a quad glyph: left, bottom,
-    right and top in patch coordinates (col, row), for one box, or for none."""
-    row, col = (np.empty(0), np.empty(0)) if patch is None else np.array([patch]).T
-    return {"left": col - 0.5, "bottom": row - 0.5, "right": col + 0.5, "top": row + 0.5}
-
-
-def outline(patch: Patch | None) -> hv.Rectangles:
-    """A box around ``patch`` (row, col), or no box."""
-    return hv.Rectangles(tuple(box(patch).values()), ["col", "row", "col2", "row2"]).opts(
-        fill_alpha=0.0, line_color=OUTLINE, line_width=3
+def query_parameter() -> param.List:
+    """The query patches, a parameter of each view that shows their attention."""
+    return param.List(
+        default=[],
+        item_type=tuple,
+        doc="Patches (row, col) selected with the box or lasso tool on the patch grid: the "
+        "attention shown is their mean. Empty: the clicked patch's.",
     )
 
 
-def outlined(view: param.Parameterized) -> hv.DynamicMap:
-    """The outline of ``view.patch``, following it."""
-    return hv.DynamicMap(outline, streams=[hv.streams.Params(view, ["patch"])])
+def direction_parameter() -> param.Selector:
+    """Which attention of the query patches is shown, a parameter of each view."""
+    return param.Selector(
+        default="from",
+        objects=list(DIRECTIONS),
+        doc="from: the attention the query patches give each patch (rows of the matrix); "
+        "to: the attention each patch gives them (columns).",
+    )
+
+
+def queried(query: list[Patch], patch: Patch | None) -> list[Patch]:
+    """The patches whose attention is shown: the ``query`` selected on the grid, or else
+    the clicked ``patch`` alone (or none)."""
+    return list(query) if query else [] if patch is None else [patch]
+
+
+def query_text(patches: list[Patch], direction: str, listed: int = 3) -> str:
+    """What the attention of ``patches`` is, in words: ``from (2, 5)``, ``to 6 patches
+    (mean): (1, 2) (1, 3) (2, 2) …`` (the first ``listed`` named)."""
+    names = [f"({row}, {col})" for row, col in patches]
+    if len(names) == 1:
+        return f"{direction} {names[0]}"
+    text = f"{direction} {len(names)} patches (mean)"
+    if listed:
+        text += f": {' '.join(names[:listed])}{' …' if len(names) > listed else ''}"
+    return text
+
+
+def box(patches: list[Patch]) -> dict[str, np.ndarray]:
+    """The outlines of ``patches`` (row, col) as the columns of a quad glyph: left, bottom,
+    right and top in patch coordinates (col, row), one box per patch."""
+    row, col = np.array(patches, dtype=np.float64).reshape(-1, 2).T
+    return {"left": col - 0.5, "bottom": row - 0.5, "right": col + 0.5, "top": row + 0.5}
+
+
+def outline(patches: list[Patch]) -> hv.Rectangles:
+    """A box around each of ``patches`` (row, col)."""
+    return hv.Rectangles(tuple(box(patches).values()), ["col", "row", "col2", "row2"]).opts(
+        fill_alpha=0.0,
+        line_color=OUTLINE,
+        line_width=3,
+        # A box or lasso selection on the grid is drawn by these outlines; Bokeh's own
+        # (client side) selection styling would fade the others.
+        nonselection_alpha=1.0,
+        selection_alpha=1.0,
+    )
+
+
+def click(view: param.Parameterized, x: float | None, y: float | None) -> None:
+    """A tap at (col, row) = (x, y) on ``view``'s grid clicks the patch there, which becomes
+    the query alone (outside the grid: nothing changes)."""
+    patch = patch_at(view.run.grid(view.stage), x, y)
+    if patch is not None:
+        view.param.update(patch=patch, query=[])
+
+
+def grid_patches(grid: tuple[int, int]) -> PointIndex:
+    """The centres of a grid's patches (col, row), in row-major order, for selection."""
+    rows, cols = np.divmod(np.arange(grid[0] * grid[1]), grid[1])
+    return PointIndex(cols, rows)
 
 
 def patch_at(grid: tuple[int, int], x: float | None, y: float | None) -> Patch | None:
@@ -84,7 +139,8 @@ def grid_opts(title: str, grid: tuple[int, int]) -> dict:
 
 
 class PatchView(pn.viewable.Viewer):
-    """The p x p patches of one stage, linked to the scatterplot; a tap selects a patch."""
+    """The p x p patches of one stage, linked to the scatterplot; a tap clicks a patch, the
+    box and lasso tools select query patches."""
 
     run = param.ClassSelector(class_=RunData, doc="The run whose attention is shown.")
     stage = param.Integer(default=0, bounds=(0, None), doc="Stage of the model.")
@@ -100,23 +156,27 @@ class PatchView(pn.viewable.Viewer):
     selection = param.List(
         default=[], item_type=tuple, doc="Patches (row, col) selected in the scatterplot."
     )
+    query = query_parameter()
+    direction = direction_parameter()
     scale = param.Selector(
         default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
     )
     display = param.Selector(
         default="selection",
         objects=["selection", "attention"],
-        doc="Show the selected patches, or the attention from the clicked patch. A new "
-        "selection shows the selection, a click the attention.",
+        doc="Show the selected patches, or the attention of the query patches. A new "
+        "selection shows the selection, a click or a query the attention.",
     )
 
-    # Derived from display, block and patch: whether the grid shows attention. A Bokeh plot
-    # keeps its colour bar and colour scale, so a change of it draws the plot anew.
+    # Derived from display, block and the query: whether the grid shows attention. A Bokeh
+    # plot keeps its colour bar and colour scale, so a change of it draws the plot anew.
     _attention = param.Boolean(default=False, precedence=-1)
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
         self.tap: hv.streams.Tap | None = None
+        self.box: hv.streams.BoundsXY | None = None
+        self.lasso: hv.streams.Lasso | None = None
         self.problems = Problems()
         self._plot = pn.Column(sizing_mode="stretch_width")
         self._display = pn.widgets.RadioButtonGroup.from_param(
@@ -128,20 +188,26 @@ class PatchView(pn.viewable.Viewer):
         return pn.Column(self._display, self.problems.pane, self._plot, sizing_mode="stretch_width")
 
     @property
-    def shows_attention(self) -> bool:
-        """Attention needs a block (Mode 2) and a clicked patch; otherwise the selection."""
-        return self.display == "attention" and self.block is not None and self.patch is not None
+    def queried(self) -> list[Patch]:
+        """The query patches (:func:`queried`)."""
+        return queried(self.query, self.patch)
 
-    @param.depends("display", "block", "patch", watch=True, on_init=True)
+    @property
+    def shows_attention(self) -> bool:
+        """Attention needs a block (Mode 2) and a query; otherwise the selection."""
+        return self.display == "attention" and self.block is not None and bool(self.queried)
+
+    @param.depends("display", "block", "patch", "query", watch=True, on_init=True)
     def _update_attention(self) -> None:
         self._attention = self.shows_attention
 
     def values(self) -> np.ndarray:
-        """What the grid shows, f(height, width): the attention row as coloured on the scale
+        """What the grid shows, f(height, width): the mean attention of the query patches
+        (:meth:`RunData.query_attention`) as coloured on the scale
         (:func:`mambapanel.views.style.scaled`), or 1 for a selected patch and 0 elsewhere."""
         if self.shows_attention:
-            row = self.run.attention_row(self.stage, self.block, self.patch)
-            return scaled(row, self.scale)
+            mean = self.run.query_attention(self.stage, self.block, self.queried, self.direction)
+            return scaled(mean, self.scale)
         values = np.zeros(self.run.grid(self.stage), dtype=np.float32)
         if self.selection:
             values[tuple(np.array(self.selection).T)] = 1
@@ -152,30 +218,56 @@ class PatchView(pn.viewable.Viewer):
         if self.selection:
             self.display = "selection"
 
-    @param.depends("patch", watch=True)
+    @param.depends("patch", "query", watch=True)
     def _show_attention(self) -> None:
-        if self.patch is not None:
+        if self.queried:
             self.display = "attention"
 
     def select(self, x: float | None, y: float | None) -> None:
         """A tap at (col, row) = (x, y) clicks the patch there (outside the grid: nothing)."""
-        self.patch = patch_at(self.run.grid(self.stage), x, y) or self.patch
+        click(self, x, y)
+
+    def select_bounds(self, bounds: tuple[float, float, float, float] | None) -> None:
+        """The patches whose centres lie in a box (left, bottom, right, top) in (col, row)
+        become the query (none: nothing changes)."""
+        if bounds is not None:
+            (left, right), (bottom, top) = sorted(bounds[::2]), sorted(bounds[1::2])
+            self._set_query(
+                grid_patches(self.run.grid(self.stage)).in_bounds(left, bottom, right, top)
+            )
+
+    def select_polygon(self, geometry: np.ndarray | None) -> None:
+        """The patches whose centres lie in a lasso polygon f64(V, 2) of (col, row) become
+        the query (none: nothing changes)."""
+        if geometry is not None:
+            self._set_query(grid_patches(self.run.grid(self.stage)).in_polygon(geometry))
+
+    def _set_query(self, inside: np.ndarray) -> None:
+        rows, cols = np.divmod(np.flatnonzero(inside), self.run.grid(self.stage)[1])
+        if len(rows):
+            query = list(zip(rows.tolist(), cols.tolist(), strict=True))
+            self.param.update(query=query, patch=None)
 
     @param.depends("run", "stage", "scale", "_attention", watch=True)
     def _build(self) -> None:
         """Draw anew (a Bokeh plot keeps its grid size, colour bar and colour scale); other
-        changes of block, patch and selection are written into the plot in place."""
+        changes of block, query (clicked patch), direction and selection are written into
+        the plot in place."""
         self._grid_plots = Drawn(self._draw_grid)
-        self._outline_plots = Drawn(lambda plot: write_columns(plot, **box(self.patch)))
+        self._outline_plots = Drawn(lambda plot: write_columns(plot, **box(self.queried)))
         grid = self._grid()
         # Streams attach to the grid, not to the overlay: HoloViews does not deliver the
         # events of an overlay's plot to its streams.
         self.tap = hv.streams.Tap(source=grid)
+        self.box = hv.streams.BoundsXY(source=grid)
+        self.lasso = hv.streams.Lasso(source=grid)
         self.tap.add_subscriber(held(self.select))
-        outlined = outline(self.patch).opts(hooks=[self._outline_plots.hook])
+        self.box.add_subscriber(held(self.select_bounds))
+        self.lasso.add_subscriber(held(self.select_polygon))
+        outlined = outline(self.queried).opts(hooks=[self._outline_plots.hook])
         self._plot[:] = [figure_pane(grid * outlined, fit_width=True)]
 
-    @param.depends("block", "patch", "selection", watch=True)
+    @param.depends("block", "patch", "query", "direction", "selection", watch=True)
     def _redraw(self) -> None:
         self._grid_plots.redraw()
         self._outline_plots.redraw()
@@ -183,15 +275,15 @@ class PatchView(pn.viewable.Viewer):
     def _content(self) -> tuple[np.ndarray, str, tuple[float, float]]:
         """What the grid shows: values (see :meth:`values`), title and colour range."""
         if self.shows_attention:
-            row, col = self.patch
-            title = f"block {self.block}: attention"
+            shown = query_text(self.queried, self.direction, listed=0)
+            title = f"block {self.block}: attention {shown}"
             values = self.problems.read("attention", self.values, None)
             if values is None:  # the message is above the grid
                 # A blank grid: every value below the colour range (white, see _grid). Not
                 # NaN: HoloViews warns of an all-NaN range.
                 values = np.ones(self.run.grid(self.stage), dtype=np.float32)
-                return values, f"{title} from ({row}, {col}) cannot be read", UNREADABLE
-            return values, f"{title} from ({row}, {col})", colour_limits(values, self.scale)
+                return values, f"{title} cannot be read", UNREADABLE
+            return values, title, colour_limits(values, self.scale)
         self.problems.forget("attention")
         values = self.values()
         title = f"stage {self.stage}: {len(self.selection)} selected patches"
@@ -202,6 +294,7 @@ class PatchView(pn.viewable.Viewer):
     def _grid(self) -> hv.Image:
         values, title, limits = self._content()
         options = grid_opts(title, values.shape)
+        options["tools"] = [*options["tools"], "box_select", "lasso_select"]
         hooks = [named("patch-view", fit=True), self._grid_plots.hook]
         if self.shows_attention:
             return patch_grid(values, "attention").opts(

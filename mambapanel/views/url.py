@@ -1,7 +1,9 @@
-"""URL state: an Explorer's run, stage, block, method, patch, image and colour scale as plain
-query values (``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2&scale=signed``), so
-that a link reproduces a view. ``block=all`` is Mode 1; an empty ``patch`` is no clicked
-patch; ``scale=linear`` (links made before the signed scale) is ``strength``.
+"""URL state: an Explorer's run, stage, block, method, patch, image, colour scale, query
+patches and their direction as plain query values
+(``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2&scale=signed&query=3,4;5,6&dir=to``),
+so that a link reproduces a view. ``block=all`` is Mode 1; an empty ``patch`` is no clicked
+patch, an empty ``query`` none; ``scale=linear`` (links made before the signed scale) is
+``strength``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from typing import Any
 import param
 
 from mambapanel.address import block_text, parse_block
+from mambapanel.views.data import DIRECTIONS
 from mambapanel.views.style import OLD_SCALES
+
+# The Explorer's parameter of a field, where its name differs.
+EXPLORER_NAMES = {"dir": "direction"}
 
 
 def format_patch(patch: tuple[int, int] | None) -> str:
@@ -26,6 +32,22 @@ def parse_patch(text: object) -> tuple[int, int] | None:
     return row, col
 
 
+def format_patches(patches: list[tuple[int, int]]) -> str:
+    return ";".join(format_patch(patch) for patch in patches)
+
+
+def parse_patches(text: object) -> list[tuple[int, int]]:
+    """``"row,col;row,col"`` as [(row, col), ...], sorted, without repeats; ``""`` as [].
+    Raises ValueError otherwise."""
+    return sorted({parse_patch(part) for part in str(text or "").split(";") if part})
+
+
+def parse_direction(text: object) -> str:
+    if text not in DIRECTIONS:
+        raise ValueError(f"not one of {', '.join(DIRECTIONS)}")
+    return str(text)
+
+
 def parse_scale(text: object) -> str:
     """A colour scale's name; an earlier name as its successor (``linear``: ``strength``)."""
     return OLD_SCALES.get(str(text), str(text))
@@ -36,7 +58,7 @@ class UrlState(param.Parameterized):
     :meth:`apply` checks them against the runs, in dependency order (a run's stages, a
     stage's blocks and methods, its grid for the patch)."""
 
-    FIELDS = ("run", "stage", "block", "method", "patch", "image", "scale")
+    FIELDS = ("run", "stage", "block", "method", "patch", "image", "scale", "query", "dir")
 
     run = param.Parameter(doc="Name of the run.")
     stage = param.Parameter(doc="Stage number.")
@@ -45,6 +67,8 @@ class UrlState(param.Parameterized):
     patch = param.Parameter(doc="The clicked patch as 'row,col', or '' for none.")
     image = param.Parameter(doc="Index of the image in the run.")
     scale = param.Parameter(doc="Colour scale: strength, signed or log (linear: strength).")
+    query = param.Parameter(doc="The query patches as 'row,col;row,col', or '' for none.")
+    dir = param.Parameter(doc="The query's attention: from (rows) or to (columns).")
     problems = param.List(default=[], item_type=str, doc="Values of the last URL not applied.")
 
     def __init__(self, **params: Any) -> None:
@@ -56,7 +80,8 @@ class UrlState(param.Parameterized):
         """Follow ``explorer`` (an Explorer) both ways, starting from its current state."""
         self._explorer = explorer
         self.read()
-        explorer.param.watch(lambda *_: self.read(), list(self.FIELDS))
+        attributes = [EXPLORER_NAMES.get(name, name) for name in self.FIELDS]
+        explorer.param.watch(lambda *_: self.read(), attributes)
         # After Location's own watcher (precedence 0), so that the corrections of apply()
         # reach the URL last.
         self.param.watch(lambda *_: self.apply(), list(self.FIELDS), precedence=1)
@@ -76,6 +101,8 @@ class UrlState(param.Parameterized):
                 patch=format_patch(explorer.patch),
                 image=explorer.image,
                 scale=explorer.scale,
+                query=format_patches(explorer.query),
+                dir=explorer.direction,
             )
         finally:
             self._busy = False
@@ -97,6 +124,8 @@ class UrlState(param.Parameterized):
                 ("image", int),
                 ("patch", parse_patch),
                 ("scale", parse_scale),
+                ("query", parse_patches),  # after patch: a query replaces the clicked patch
+                ("dir", parse_direction),
             ):
                 problem = self._set(explorer, name, getattr(self, name), parse)
                 if problem:
@@ -113,11 +142,13 @@ class UrlState(param.Parameterized):
             return
         try:
             value = parse(text)
-            if name == "patch" and value is not None:
+            if name in ("patch", "query") and value:
                 height, width = explorer.data.grid(explorer.stage)
-                if not (0 <= value[0] < height and 0 <= value[1] < width):
-                    raise ValueError(f"outside the {height}x{width} grid")
-            setattr(explorer, name, value)
+                for row, col in [value] if name == "patch" else value:
+                    if not (0 <= row < height and 0 <= col < width):
+                        where = "" if name == "patch" else f"({row}, {col}) "
+                        raise ValueError(f"{where}outside the {height}x{width} grid")
+            setattr(explorer, EXPLORER_NAMES.get(name, name), value)
         except (ValueError, TypeError) as err:
             return f"{name}={text} ignored ({err})"
         return None

@@ -114,10 +114,23 @@ def select_option(page: Page, label: str, value: str) -> None:
     group.locator("select").select_option(value)
 
 
+def pick_tool(page: Page, shown: dict, tool: str) -> None:
+    """Click the button of ``tool`` (``lasso-select``, ``box-select``) in the toolbar of the
+    figure ``shown``: the one nearest its frame, as several figures have the tool."""
+    icons = page.locator(f".bk-tool-icon-{tool}")
+    centre = np.array([shown["left"] + shown["width"] / 2, shown["top"] + shown["height"] / 2])
+
+    def distance(index: int) -> float:
+        box = icons.nth(index).bounding_box()
+        return float(np.hypot(box["x"] - centre[0], box["y"] - centre[1]))
+
+    icons.nth(min(range(icons.count()), key=distance)).click()
+
+
 def draw_lasso(page: Page, scatter: dict) -> np.ndarray:
     """Draw a pentagon over the middle of the scatterplot's frame with the lasso tool; its
     vertices in page pixels."""
-    page.locator(".bk-tool-icon-lasso-select").click()
+    pick_tool(page, scatter, "lasso-select")
     centre = np.array(
         [scatter["left"] + scatter["width"] / 2, scatter["top"] + scatter["height"] / 2]
     )
@@ -135,7 +148,7 @@ def draw_lasso(page: Page, scatter: dict) -> np.ndarray:
 def listed_patches(page: Page) -> set[tuple[int, int]]:
     """The selected patches as the status line lists them (at most STATUS_PATCHES)."""
     # The status line's text is in the HTML pane's shadow root, which locators enter.
-    text = status(page).locator("p").inner_text().split("Selection")[1]
+    text = status(page).locator("p").inner_text().split("Selection")[1].split("Attention")[0]
     return {(int(r), int(c)) for r, c in re.findall(r"\((\d+), (\d+)\)", text)}
 
 
@@ -270,12 +283,12 @@ def test_export_buttons_download_the_figures_and_the_selection(
     assert csv_download.value.suggested_filename == "selection-small-run-stage1-block1.csv"
     rows = list(csv.reader(io.StringIO(csv_download.value.path().read_text())))
     assert rows[0] == [
-        "run", "stage", "block", "query_row", "query_col", "key_row", "key_col", "attention",
+        "run", "stage", "block", "direction", "query", "patch_row", "patch_col", "attention",
     ]  # fmt: skip
     stored = RunData(small_run).attention_row(1, 1, (2, 5))
     assert {(int(row[5]), int(row[6])) for row in rows[1:]} == selected
     for row in rows[1:]:
-        assert row[:5] == ["small-run", "1", "1", "2", "5"]
+        assert row[:5] == ["small-run", "1", "1", "from", "2,5"]
         assert float(row[7]) == float(stored[int(row[5]), int(row[6])])
 
     with page.expect_download(timeout=TIMEOUT_MS) as png_download:
