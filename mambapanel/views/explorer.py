@@ -39,7 +39,7 @@ COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
 # How each view of a side shares the side's width: (grow, basis px, max px). Views wrap onto a
 # new line where their bases do not fit side by side (the image view first, then the patch
 # view); the scatterplot, the study's main view, takes the largest share.
-VIEW_FLEX = {"scatter": (5, 420, 960), "patches": (3, 300, 640), "image": (3, 300, 400)}
+VIEW_FLEX = {"scatter": (5, 430, 960), "patches": (3, 340, 640), "image": (3, 340, 400)}
 STATUS_PATCHES = 40  # selected (and query) patches listed by name in the status line
 
 log = logging.getLogger(__name__)
