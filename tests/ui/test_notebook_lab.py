@@ -19,6 +19,7 @@ import pytest
 from notebooks import explorer_cells, notebook, write
 from playwright.sync_api import Locator, Page, expect
 from served import ARTIFACTS, ROOT, Server, free_port
+from test_dashboard import FIGURE_JS
 
 from mambapanel.views.notebook import HINT_CLASS, HINT_SECONDS
 
@@ -27,22 +28,10 @@ pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 TIMEOUT_MS = 120_000  # a kernel imports Panel, HoloViews and the views on a busy machine
 TOKEN = "mambapanel-test"
 OFFLINE = re.compile(r"^https?://(?!127\.0\.0\.1[:/])")  # the CDN, Jupyter's news, ...
-# The Bokeh figure named ``name`` drawn ``index``-th in the page (one per output showing it):
-# its frame in page pixels and axis ranges, its title; null until drawn.
-FIGURE_JS = """([name, index]) => {
-  if (window.Bokeh === undefined) return null;
-  const view = [...Bokeh.index.all_views()].filter((v) => v.model.name === name)[index];
-  if (!view) return null;
-  const canvas = view.canvas_view.el.getBoundingClientRect();
-  const frame = view.frame.bbox;
-  return {
-    left: canvas.left + frame.left, top: canvas.top + frame.top,
-    width: frame.width, height: frame.height,
-    x: [view.model.x_range.start, view.model.x_range.end],
-    y: [view.model.y_range.start, view.model.y_range.end],
-    title: view.model.title.text,
-  };
-}"""
+# The index-th Bokeh figure of that name in the page (one per output showing it), as
+# test_dashboard.FIGURE_JS gives it; null until drawn.
+FIGURE_AT_JS = f"""([name, index]) => window.Bokeh === undefined ? null
+  : ({FIGURE_JS})(name, index)"""
 SCROLL_JS = """([name, index]) => [...Bokeh.index.all_views()]
   .filter((v) => v.model.name === name)[index].el.scrollIntoView()"""
 
@@ -135,10 +124,10 @@ def run_notebook(page: Page, lab: Lab, name: str) -> None:
 def figure(page: Page, name: str, index: int) -> dict:
     """The ``index``-th figure ``name``, scrolled into view, once drawn."""
     page.wait_for_function(
-        f"(a) => ({FIGURE_JS})(a) !== null", arg=[name, index], timeout=TIMEOUT_MS
+        f"(a) => ({FIGURE_AT_JS})(a) !== null", arg=[name, index], timeout=TIMEOUT_MS
     )
     page.evaluate(SCROLL_JS, [name, index])
-    return page.evaluate(FIGURE_JS, [name, index])
+    return page.evaluate(FIGURE_AT_JS, [name, index])
 
 
 def click_patch(page: Page, index: int, row: int, col: int, status: Locator) -> None:
@@ -171,7 +160,7 @@ def test_an_explorer_in_two_cells_draws_and_a_click_updates_both(lab, page, arti
     for index in range(2):
         expect(statuses.nth(index)).to_contain_text("Clicked patch: (2, 3)", timeout=TIMEOUT_MS)
         page.wait_for_function(
-            f"(a) => ({FIGURE_JS})(a).title === 'block 0: attention from (2, 3)'",
+            f"(a) => ({FIGURE_AT_JS})(a).title === 'block 0: attention from (2, 3)'",
             arg=["patch-view", index],
             timeout=TIMEOUT_MS,
         )
