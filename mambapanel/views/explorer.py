@@ -32,7 +32,7 @@ from mambapanel.views.patch import (
 from mambapanel.views.scatter import ScatterView
 from mambapanel.views.serve import TITLE
 from mambapanel.views.style import BUTTON_HEIGHT, SCALES
-from mambapanel.views.url import UrlState
+from mambapanel.views.url import UrlState, owns_url
 from mambapanel.views.widgets import image_chooser, linked_menu
 
 COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
@@ -131,6 +131,13 @@ class Explorer(pn.viewable.Viewer):
     )
     block_b = param.Selector(check_on_set=True, doc="The right side's block (two blocks).")
     run_b = param.Selector(check_on_set=True, doc="The right side's run (two runs).")
+    url = param.Boolean(
+        default=None,
+        allow_None=True,
+        doc="Keep the view in the served page's URL. None: the first Explorer shown in the "
+        "page does, the others do not (two on one page would otherwise follow each other); "
+        "True or False to choose. A notebook has no page URL.",
+    )
 
     def __init__(self, runs: RunsLike, **params) -> None:
         super().__init__()
@@ -187,7 +194,7 @@ class Explorer(pn.viewable.Viewer):
 
     def _tabs(self, *above: pn.viewable.Viewable) -> pn.Tabs:
         """The Explore tab (``above`` the views) and the Findings tab."""
-        if not self._url_synced and pn.state.curdoc and pn.state.curdoc.session_context:
+        if not self._url_synced and owns_url(pn.state.curdoc, self.url):
             self.sync_url(pn.state.location)
         explore = pn.Column(
             *above, self.run_problem, self._layout, self.status, sizing_mode="stretch_width"
@@ -209,6 +216,13 @@ class Explorer(pn.viewable.Viewer):
 
         tabs.param.watch(open_findings, "active")
         return tabs
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """A notebook cell's output: Panel's, with a note that shows where BokehJS did not
+        load (:mod:`mambapanel.views.notebook`)."""
+        from mambapanel.views.notebook import with_bokeh_hint
+
+        return with_bokeh_hint(super()._repr_mimebundle_(include, exclude))
 
     @property
     def data(self) -> RunData:

@@ -8,9 +8,11 @@ patch, an empty ``query`` none; ``scale=linear`` (links made before the signed s
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import param
+from bokeh.document import Document
 
 from mambapanel.address import block_text, parse_block
 from mambapanel.views.data import DIRECTIONS
@@ -51,6 +53,22 @@ def parse_direction(text: object) -> str:
 def parse_scale(text: object) -> str:
     """A colour scale's name; an earlier name as its successor (``linear``: ``strength``)."""
     return OLD_SCALES.get(str(text), str(text))
+
+
+# The served pages (Bokeh documents) whose URL an Explorer keeps already.
+_owned: weakref.WeakSet[Document] = weakref.WeakSet()
+
+
+def owns_url(doc: Document | None, wanted: bool | None = None) -> bool:
+    """Whether a view shown now in ``doc`` keeps its state in the page's URL: only in a
+    served session (a notebook's cell has no URL of its own), and, unless ``wanted`` says
+    (True, False), only the first view to ask in that page. One that does claims the page."""
+    if wanted is False or doc is None or doc.session_context is None:
+        return False
+    if wanted is None and doc in _owned:
+        return False
+    _owned.add(doc)
+    return True
 
 
 class UrlState(param.Parameterized):

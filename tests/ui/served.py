@@ -30,22 +30,26 @@ class Server:
     """``panel serve dashboards/<app>.py --args ...`` on 127.0.0.1 and a free port.
 
     ``counted``: run by tests/ui/counted_serve.py, which answers :meth:`count`.
-    ``script``: serve this script instead of ``dashboards/<app>.py`` (its name is ``app``).
+    ``script``: serve this file (a script or a notebook) instead of ``dashboards/<app>.py``;
+    its name is the app's.
     """
 
     def __init__(
         self, app: str, run: str, *more_runs: str, counted: bool = False, script: Path | None = None
     ) -> None:
-        script = script or ROOT / "dashboards" / f"{app}.py"
-        assert script.stem == app, f"panel serve names the page {script.stem}, not {app}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/{app}"
+        # A page's request runs its script; one that builds its dashboards there (a notebook
+        # of Explorers) takes longer than a request's wait: then the server is up once
+        # Bokeh's static files answer.
+        static = f"http://127.0.0.1:{self.port}/static/js/bokeh.min.js"
+        self.ready = self.url if script is None else static
         # One log per app and run name, replaced by the next session's.
         self.log = ARTIFACTS / f"panel-serve-{app}-{Path(run).name}.log"
         ARTIFACTS.mkdir(exist_ok=True)
         launcher = [str(COUNTED_SERVE)] if counted else ["-m", "panel"]
         command = [
-            sys.executable, *launcher, "serve", str(script),
+            sys.executable, *launcher, "serve", str(script or ROOT / "dashboards" / f"{app}.py"),
             "--address", "127.0.0.1", "--port", str(self.port),
             "--allow-websocket-origin", f"127.0.0.1:{self.port}",
             "--args", run, *more_runs,
@@ -79,7 +83,7 @@ class Server:
             if self.process.poll() is not None:
                 pytest.fail(f"panel serve exited with {self.process.returncode}: {self.output()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
+                with urllib.request.urlopen(self.ready, timeout=5) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -29,10 +29,11 @@ pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 
 TIMEOUT_MS = 30_000
 SELECTION_TITLE = re.compile(r": [1-9]\d* selected patches$")  # the patch view's, once selected
-# A figure found by its Bokeh name (mambapanel.views.style.named): its frame in page pixels,
-# its axis ranges, its title, and the values of its image glyph (a patch grid) if any.
-FIGURE_JS = """(name) => {
-  const view = [...Bokeh.index.all_views()].find((v) => v.model.name === name);
+# A figure found by its Bokeh name (mambapanel.views.style.named; the index-th of that name
+# where a page shows several): its frame in page pixels, its axis ranges, its title, and the
+# values of its image glyph (a patch grid) if any.
+FIGURE_JS = """(name, index = 0) => {
+  const view = [...Bokeh.index.all_views()].filter((v) => v.model.name === name)[index];
   if (!view) return null;
   const canvas = view.canvas_view.el.getBoundingClientRect();
   const frame = view.frame.bbox;
