@@ -328,12 +328,66 @@ class RunData:
 
         return self._shared(("intra", stage, block, method), read)
 
-    def attention_row(self, stage: int, block: int, patch: Patch) -> np.ndarray:
-        """Algorithm 2: ``attention_mean`` from ``patch`` to every patch, f32(height, width)."""
+    def attention_row(
+        self, stage: int, block: int, patch: Patch, route: int | None = None
+    ) -> np.ndarray:
+        """Algorithm 2: ``attention_mean`` from ``patch`` to every patch, f32(height, width);
+        with ``route``, that route's part of it (``attention_mean_by_route``).
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            A ``route`` of a run that does not keep its routes apart, or that it lacks.
+        """
         query = self.patch_index(stage, patch)
         group = self._stage_group(stage)
-        row = self._read(group, "attention_mean", ("key",), block=block, query=query)
+        if route is None:
+            row = self._read(group, "attention_mean", ("key",), block=block, query=query)
+        else:
+            self.check_route(stage, route)
+            row = self._read(
+                group, "attention_mean_by_route", ("key",), block=block, route=route, query=query
+            )
         return row.reshape(self.grid(stage))
+
+    @property
+    def by_route(self) -> bool:
+        """Whether the run keeps each route's mean matrices (``compute extract --by-route``)."""
+        return bool(self.attrs["by_route"])
+
+    def routes(self, stage: int) -> np.ndarray | None:
+        """The scan routes of ``stage``, int64(K, L) patches row-major on its full grid, read
+        only; None for a run made before they were recorded."""
+
+        def read() -> np.ndarray | None:
+            group = self._stage_group(stage)
+            if "routes" not in group:
+                return None
+            values = self._read(group, "routes", ("route", "step"))
+            values.flags.writeable = False
+            return values
+
+        return self._shared(("routes", stage), read)
+
+    def check_route(self, stage: int, route: int) -> None:
+        """Refuse a route this run cannot show apart, by name.
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            The run was made without ``--by-route``, or has fewer routes.
+        """
+        if not self.by_route:
+            raise RunError(
+                f"run {self.name} stores no matrices by route (it was extracted without "
+                f"--by-route): route {route} cannot be shown apart; choose merged, or extract "
+                "the run again with python -m compute extract --by-route"
+            )
+        routes = self.routes(stage)
+        if not 0 <= route < len(routes):
+            raise RunError(
+                f"run {self.name} has {len(routes)} routes at stage {stage}; no route {route}"
+            )
 
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
         """One image's ``attention`` from ``patch`` to every patch, f32(height, width).

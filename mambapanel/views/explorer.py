@@ -23,7 +23,7 @@ from mambapanel.views.image import ImageView
 from mambapanel.views.patch import PatchView
 from mambapanel.views.scatter import ScatterView
 from mambapanel.views.style import BUTTON_HEIGHT, SCALES
-from mambapanel.views.url import UrlState
+from mambapanel.views.url import MERGED, UrlState, format_route, parse_route
 from mambapanel.views.widgets import image_chooser, linked_menu
 
 COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
@@ -92,6 +92,19 @@ class Explorer(pn.viewable.Viewer):
     )
     compare = param.Selector(
         default="none", objects=COMPARE, doc="A second side: another block or another run."
+    )
+    routes = param.ListSelector(
+        default=[],
+        objects=[],
+        check_on_set=True,
+        doc="Scan routes drawn over the patch view (none: no overlay).",
+    )
+    route = param.Selector(
+        default=None,
+        objects=[None],
+        check_on_set=True,
+        doc="Route whose part of the attention the patch and image views show (a run made "
+        "with --by-route); None: merged, the sum of every route's.",
     )
     block_b = param.Selector(check_on_set=True, doc="The right side's block (two blocks).")
     run_b = param.Selector(check_on_set=True, doc="The right side's run (two runs).")
@@ -189,6 +202,20 @@ class Explorer(pn.viewable.Viewer):
         self._set_objects("block_b", blocks, default=blocks[-1])
         self._set_objects("method", run.methods(self.stage) or ["pca"])
         self.param.update(patch=None, selection=[])
+        self._offer_routes()
+
+    def _offer_routes(self) -> None:
+        """Offer the stage's routes to draw (those the run records), and to show apart where
+        the run keeps each route's matrices; what it lacks is dropped."""
+        routes = self.data.routes(self.stage)
+        indices = [] if routes is None else list(range(len(routes)))
+        self.param.routes.objects = {f"route {k}": k for k in indices}
+        kept = [k for k in self.routes if k in indices]
+        self._set_objects("route", [None, *(indices if self.data.by_route else [])])
+        if kept != self.routes:
+            self.routes = kept
+        if hasattr(self, "_routes_widgets"):
+            self._show_route_controls()
 
     def _set_objects(self, name: str, objects: list, default: object = None) -> None:
         """Replace a selector's choices; keep its value when still a choice, else take
@@ -223,9 +250,12 @@ class Explorer(pn.viewable.Viewer):
         common = dict(run=run, stage=self.stage, block=block, patch=patch)
         return (
             dict(common, method=self.method, image=self.image),
-            dict(common, selection=selection, scale=self.scale),
-            dict(common, image=self.image, scale=self.scale),
+            dict(common, selection=selection, scale=self.scale, **self._route_values()),
+            dict(common, image=self.image, scale=self.scale, route=self.route),
         )
+
+    def _route_values(self) -> dict:
+        return dict(routes=list(self.routes), route=self.route)
 
     def _on_grid_of(
         self, run: RunData, patch: tuple | None, selection: list[tuple], back: bool = False
@@ -266,7 +296,7 @@ class Explorer(pn.viewable.Viewer):
 
     @param.depends(
         "run", "stage", "block", "method", "scale", "image", "patch", "selection",
-        "compare", "block_b", "run_b", watch=True,
+        "compare", "block_b", "run_b", "routes", "route", watch=True,
     )  # fmt: skip
     def _forward(self) -> None:
         """Push the state into the views of each side shown, one batch per view."""
@@ -387,7 +417,32 @@ class Explorer(pn.viewable.Viewer):
             self._block_b,
             self._run_b,
             *self._downloads,
+            self._route_controls(),
             sizing_mode="stretch_width",
+        )
+
+    def _route_controls(self) -> pn.Row:
+        """Routes drawn over the patch view, and the route whose attention is shown (when
+        the run keeps them apart)."""
+        drawn = pn.widgets.CheckButtonGroup.from_param(
+            self.param.routes, name="", margin=(25, 5), css_classes=["mambapanel-routes"]
+        )
+        # A Select cannot hold None: the menu holds the URL's words (merged, or a number).
+        shown = pn.widgets.Select(label="attention of", width=110, css_classes=["mambapanel-route"])
+        shown.param.watch(lambda event: setattr(self, "route", parse_route(event.new)), "value")
+        self._routes_widgets = (drawn, shown)
+        self.param.watch(lambda _: self._show_route_controls(), "route")
+        self._show_route_controls()
+        return pn.Row(drawn, shown, margin=0)
+
+    def _show_route_controls(self) -> None:
+        drawn, shown = self._routes_widgets
+        drawn.visible = bool(self.param.routes.objects)
+        choices = self.param.route.objects
+        shown.param.update(
+            options={MERGED if k is None else f"route {k}": format_route(k) for k in choices},
+            value=format_route(self.route),
+            visible=len(choices) > 1,
         )
 
     def _update_status(self) -> None:

@@ -102,6 +102,13 @@ class ImageView(pn.viewable.Viewer):
     scale = param.Selector(
         default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
     )
+    route = param.Integer(
+        default=None,
+        allow_None=True,
+        bounds=(0, None),
+        doc="Route whose part of the attention from the clicked patch is shown: a run keeps "
+        "it as the mean over images only (attention_mean_by_route); None: the image's own.",
+    )
     opacity = param.Number(default=0.5, bounds=(0, 1), doc="Opacity of the attention layer.")
     shown = param.Selector(
         default="patch", objects=list(MAPS.values()), doc="The map laid over the image (MAPS)."
@@ -161,6 +168,8 @@ class ImageView(pn.viewable.Viewer):
             return self.run.cls_attention(self.stage, self.block, self.image)
         if self.patch is None:
             return None
+        if self.route is not None:
+            return self.run.attention_row(self.stage, self.block, self.patch, self.route)
         return self.run.image_attention_row(self.stage, self.block, self.image, self.patch)
 
     def layer_values(self) -> np.ndarray | None:
@@ -197,11 +206,13 @@ class ImageView(pn.viewable.Viewer):
             self._plot[:] = [pn.pane.Alert("No run.", alert_type="warning")]
             return
         image = hv.DynamicMap(
-            self._image, streams=[hv.streams.Params(self, ["image", "block", "patch", "shown"])]
+            self._image,
+            streams=[hv.streams.Params(self, ["image", "block", "patch", "shown", "route"])],
         )
         layers = image
         if self._attention:
-            streams = [hv.streams.Params(self, ["block", "image", "patch", "opacity", "shown"])]
+            watched = ["block", "image", "patch", "opacity", "shown", "route"]
+            streams = [hv.streams.Params(self, watched)]
             layers = layers * hv.DynamicMap(self._attention_layer, streams=streams)
         # The stream on the image, not on the overlay (see PatchView._build).
         self.tap = hv.streams.Tap(source=image)
@@ -220,6 +231,8 @@ class ImageView(pn.viewable.Viewer):
             title = f"{image_id}: pick a patch"
         else:
             title = f"{image_id}: block {self.block}, from ({self.patch[0]}, {self.patch[1]})"
+            if self.route is not None:
+                title = f"{title}, route {self.route} (mean over images)"
         blank = np.full((THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), 255, dtype=np.uint8)
         thumbnail = self.problems.read("thumbnail", lambda: self.run.thumbnail(self.image), blank)
         return thumbnail_rgb(

@@ -29,6 +29,9 @@ from mambapanel.views.style import (
 )
 
 FRAME = 250  # pixels of the longer side of a patch grid (axes and colour bar excluded)
+ROUTE_ARROWS = 64  # direction marks along a drawn route
+# Route 0 black, the others in colours that stand out on yellow to red and on grey.
+ROUTE_COLOURS = ("#000000", "#2166ac", "#7b3294", "#008837")
 UNREADABLE = (2.0, 3.0)  # the colour range of a grid of ones: all below it (positive: log)
 
 
@@ -57,6 +60,58 @@ def outline(patch: Patch | None) -> hv.Rectangles:
 def outlined(view: param.Parameterized) -> hv.DynamicMap:
     """The outline of ``view.patch``, following it."""
     return hv.DynamicMap(outline, streams=[hv.streams.Params(view, ["patch"])])
+
+
+def route_path(
+    routes: np.ndarray, route: int, full_grid: tuple[int, int], pool: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(col, row) of each step of ``route``, in the coordinates of the stored grid: the
+    centre of each full-grid patch it visits (a pooled grid's patch covers ``pool`` x
+    ``pool`` of them, so the path runs inside it).
+
+    Parameters
+    ----------
+    routes : int(K, L), the patches row-major on ``full_grid`` (``RunData.routes``)
+    """
+    rows, cols = np.divmod(routes[route], full_grid[1])
+    return (cols + 0.5) / pool - 0.5, (rows + 0.5) / pool - 0.5
+
+
+def route_overlay(
+    routes: np.ndarray | None, drawn: list[int], full_grid: tuple[int, int], pool: int
+) -> hv.Overlay:
+    """The ``drawn`` routes as paths over a patch grid, each with its direction: a circle at
+    its first patch, a square at its last, and triangles along it pointing the way it runs
+    (about :data:`ROUTE_ARROWS` of them)."""
+    layers = []
+    for route in [] if routes is None else [k for k in drawn if 0 <= k < len(routes)]:
+        cols, rows = route_path(routes, route, full_grid, pool)
+        colour = ROUTE_COLOURS[route % len(ROUTE_COLOURS)]
+        label = f"route {route}"
+        every = max(1, len(cols) // ROUTE_ARROWS)
+        middle = np.arange(0, len(cols) - 1, every)
+        # The triangle's tip points up on the screen at angle 0; rows run down the screen.
+        angle = np.arctan2(-(cols[middle + 1] - cols[middle]), -(rows[middle + 1] - rows[middle]))
+        arrows = {
+            "col": (cols[middle] + cols[middle + 1]) / 2,
+            "row": (rows[middle] + rows[middle + 1]) / 2,
+            "angle": angle,
+        }
+        layers += [
+            hv.Path([(cols, rows)], ["col", "row"], label=label).opts(
+                color=colour, line_width=1.5, alpha=0.8
+            ),
+            hv.Points(arrows, ["col", "row"], ["angle"], label=label).opts(
+                marker="triangle", angle=hv.dim("angle"), size=7, color=colour, tools=[]
+            ),
+            hv.Points(([cols[0]], [rows[0]]), ["col", "row"], label=label).opts(
+                marker="circle", size=10, color=colour, line_color="white", tools=[]
+            ),
+            hv.Points(([cols[-1]], [rows[-1]]), ["col", "row"], label=label).opts(
+                marker="square", size=9, color=colour, line_color="white", tools=[]
+            ),
+        ]
+    return hv.Overlay(layers)
 
 
 def patch_at(grid: tuple[int, int], x: float | None, y: float | None) -> Patch | None:
@@ -103,6 +158,16 @@ class PatchView(pn.viewable.Viewer):
     scale = param.Selector(
         default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
     )
+    routes = param.List(
+        default=[], item_type=int, doc="Scan routes drawn over the grid (route_overlay)."
+    )
+    route = param.Integer(
+        default=None,
+        allow_None=True,
+        bounds=(0, None),
+        doc="Route whose part of the attention is shown (attention_mean_by_route); None: "
+        "the merged attention of every route.",
+    )
     display = param.Selector(
         default="selection",
         objects=["selection", "attention"],
@@ -140,7 +205,7 @@ class PatchView(pn.viewable.Viewer):
         """What the grid shows, f(height, width): the attention row as coloured on the scale
         (:func:`mambapanel.views.style.scaled`), or 1 for a selected patch and 0 elsewhere."""
         if self.shows_attention:
-            row = self.run.attention_row(self.stage, self.block, self.patch)
+            row = self.run.attention_row(self.stage, self.block, self.patch, self.route)
             return scaled(row, self.scale)
         values = np.zeros(self.run.grid(self.stage), dtype=np.float32)
         if self.selection:
@@ -161,7 +226,7 @@ class PatchView(pn.viewable.Viewer):
         """A tap at (col, row) = (x, y) clicks the patch there (outside the grid: nothing)."""
         self.patch = patch_at(self.run.grid(self.stage), x, y) or self.patch
 
-    @param.depends("run", "stage", "scale", "_attention", watch=True)
+    @param.depends("run", "stage", "scale", "_attention", "routes", watch=True)
     def _build(self) -> None:
         """Draw anew (a Bokeh plot keeps its grid size, colour bar and colour scale); other
         changes of block, patch and selection are written into the plot in place."""
@@ -173,9 +238,15 @@ class PatchView(pn.viewable.Viewer):
         self.tap = hv.streams.Tap(source=grid)
         self.tap.add_subscriber(held(self.select))
         outlined = outline(self.patch).opts(hooks=[self._outline_plots.hook])
-        self._plot[:] = [figure_pane(grid * outlined)]
+        figure = grid * outlined
+        if self.routes:
+            stage = self.stage
+            routes = self.problems.read("routes", lambda: self.run.routes(stage), None)
+            pool, full_grid = self.run.pool(stage), self.run.full_grid(stage)
+            figure = figure * route_overlay(routes, self.routes, full_grid, pool)
+        self._plot[:] = [figure_pane(figure)]
 
-    @param.depends("block", "patch", "selection", watch=True)
+    @param.depends("block", "patch", "selection", "route", watch=True)
     def _redraw(self) -> None:
         self._grid_plots.redraw()
         self._outline_plots.redraw()
@@ -184,7 +255,8 @@ class PatchView(pn.viewable.Viewer):
         """What the grid shows: values (see :meth:`values`), title and colour range."""
         if self.shows_attention:
             row, col = self.patch
-            title = f"block {self.block}: attention"
+            part = "" if self.route is None else f", route {self.route}"
+            title = f"block {self.block}{part}: attention"
             values = self.problems.read("attention", self.values, None)
             if values is None:  # the message is above the grid
                 # A blank grid: every value below the colour range (white, see _grid). Not

@@ -1,7 +1,9 @@
-"""URL state: an Explorer's run, stage, block, method, patch, image and colour scale as plain
-query values (``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2&scale=signed``), so
-that a link reproduces a view. ``block=all`` is Mode 1; an empty ``patch`` is no clicked
-patch; ``scale=linear`` (links made before the signed scale) is ``strength``.
+"""URL state: an Explorer's run, stage, block, method, patch, image, colour scale and routes as
+plain query values (``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2&scale=signed
+&routes=0,2&route=1``), so that a link reproduces a view. ``block=all`` is Mode 1; an empty
+``patch`` is no clicked patch; ``scale=linear`` (links made before the signed scale) is
+``strength``; ``routes`` lists the routes drawn, ``route`` is the route whose attention is
+shown (``merged``: all of them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,27 @@ def parse_patch(text: object) -> tuple[int, int] | None:
     return row, col
 
 
+MERGED = "merged"  # the attention of every route together (route None)
+
+
+def format_routes(routes: list[int]) -> str:
+    return ",".join(map(str, routes))
+
+
+def parse_routes(text: object) -> list[int]:
+    """``"0,2"`` as [0, 2]; ``""`` as []. Raises ValueError otherwise."""
+    return [int(part) for part in str(text or "").split(",") if part != ""]
+
+
+def format_route(route: int | None) -> str:
+    return MERGED if route is None else str(route)
+
+
+def parse_route(text: object) -> int | None:
+    """``merged`` as None, a number as that route. Raises ValueError otherwise."""
+    return None if str(text) == MERGED else int(str(text))
+
+
 def parse_scale(text: object) -> str:
     """A colour scale's name; an earlier name as its successor (``linear``: ``strength``)."""
     return OLD_SCALES.get(str(text), str(text))
@@ -36,7 +59,7 @@ class UrlState(param.Parameterized):
     :meth:`apply` checks them against the runs, in dependency order (a run's stages, a
     stage's blocks and methods, its grid for the patch)."""
 
-    FIELDS = ("run", "stage", "block", "method", "patch", "image", "scale")
+    FIELDS = ("run", "stage", "block", "method", "patch", "image", "scale", "routes", "route")
 
     run = param.Parameter(doc="Name of the run.")
     stage = param.Parameter(doc="Stage number.")
@@ -45,6 +68,8 @@ class UrlState(param.Parameterized):
     patch = param.Parameter(doc="The clicked patch as 'row,col', or '' for none.")
     image = param.Parameter(doc="Index of the image in the run.")
     scale = param.Parameter(doc="Colour scale: strength, signed or log (linear: strength).")
+    routes = param.Parameter(doc="The routes drawn over the patch view as '0,2', '' for none.")
+    route = param.Parameter(doc="The route whose attention is shown, or 'merged'.")
     problems = param.List(default=[], item_type=str, doc="Values of the last URL not applied.")
 
     def __init__(self, **params: Any) -> None:
@@ -76,6 +101,8 @@ class UrlState(param.Parameterized):
                 patch=format_patch(explorer.patch),
                 image=explorer.image,
                 scale=explorer.scale,
+                routes=format_routes(explorer.routes),
+                route=format_route(explorer.route),
             )
         finally:
             self._busy = False
@@ -97,6 +124,8 @@ class UrlState(param.Parameterized):
                 ("image", int),
                 ("patch", parse_patch),
                 ("scale", parse_scale),
+                ("routes", parse_routes),
+                ("route", parse_route),
             ):
                 problem = self._set(explorer, name, getattr(self, name), parse)
                 if problem:
@@ -117,7 +146,12 @@ class UrlState(param.Parameterized):
                 height, width = explorer.data.grid(explorer.stage)
                 if not (0 <= value[0] < height and 0 <= value[1] < width):
                     raise ValueError(f"outside the {height}x{width} grid")
+            if name == "route" and value is not None and value not in explorer.param.route.objects:
+                run = explorer.data
+                if not run.by_route:  # the store's words: why, and what to do
+                    run.check_route(explorer.stage, value)
+                raise ValueError(f"the run has routes {explorer.param.route.objects[1:]}")
             setattr(explorer, name, value)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError) as err:  # a RunError is a ValueError
             return f"{name}={text} ignored ({err})"
         return None
