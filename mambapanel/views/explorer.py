@@ -20,7 +20,7 @@ from mambapanel.store import RunError
 from mambapanel.views.data import RunData, RunsLike, load_runs
 from mambapanel.views.geometry import patch_at_location, patches_at_location
 from mambapanel.views.image import ImageView
-from mambapanel.views.patch import PatchView
+from mambapanel.views.patch import ROUTE_COLOURS, PatchView
 from mambapanel.views.scatter import ScatterView
 from mambapanel.views.style import BUTTON_HEIGHT, SCALES
 from mambapanel.views.url import MERGED, UrlState, format_route, parse_route
@@ -424,8 +424,18 @@ class Explorer(pn.viewable.Viewer):
     def _route_controls(self) -> pn.Row:
         """Routes drawn over the patch view, and the route whose attention is shown (when
         the run keeps them apart)."""
+        # Each button underlined in its route's colour on the patch view: the key to them.
+        underlines = "".join(
+            f".bk-btn-group > .bk-btn:nth-child({k + 1}) "
+            f"{{ border-bottom: 3px solid {colour} !important; }}"
+            for k, colour in enumerate(ROUTE_COLOURS)
+        )
         drawn = pn.widgets.CheckButtonGroup.from_param(
-            self.param.routes, name="", margin=(25, 5), css_classes=["mambapanel-routes"]
+            self.param.routes,
+            name="",
+            margin=(25, 5),
+            css_classes=["mambapanel-routes"],
+            stylesheets=[underlines],
         )
         # A Select cannot hold None: the menu holds the URL's words (merged, or a number).
         shown = pn.widgets.Select(label="attention of", width=110, css_classes=["mambapanel-route"])

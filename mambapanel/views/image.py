@@ -230,9 +230,11 @@ class ImageView(pn.viewable.Viewer):
         elif self.patch is None:
             title = f"{image_id}: pick a patch"
         else:
-            title = f"{image_id}: block {self.block}, from ({self.patch[0]}, {self.patch[1]})"
-            if self.route is not None:
-                title = f"{title}, route {self.route} (mean over images)"
+            # A route's part is stored as the mean over images only: the title says so.
+            route = "" if self.route is None else f", route {self.route} (mean)"
+            title = (
+                f"{image_id}: block {self.block}{route}, from ({self.patch[0]}, {self.patch[1]})"
+            )
         blank = np.full((THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), 255, dtype=np.uint8)
         thumbnail = self.problems.read("thumbnail", lambda: self.run.thumbnail(self.image), blank)
         return thumbnail_rgb(

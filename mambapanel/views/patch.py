@@ -87,27 +87,26 @@ def route_overlay(
     for route in [] if routes is None else [k for k in drawn if 0 <= k < len(routes)]:
         cols, rows = route_path(routes, route, full_grid, pool)
         colour = ROUTE_COLOURS[route % len(ROUTE_COLOURS)]
-        label = f"route {route}"
         every = max(1, len(cols) // ROUTE_ARROWS)
         middle = np.arange(0, len(cols) - 1, every)
-        # The triangle's tip points up on the screen at angle 0; rows run down the screen.
-        angle = np.arctan2(-(cols[middle + 1] - cols[middle]), -(rows[middle + 1] - rows[middle]))
+        # In degrees (HoloViews turns them into Bokeh's radians), anticlockwise from a
+        # triangle's tip pointing up the screen; rows run down the screen.
+        step_cols, step_rows = cols[middle + 1] - cols[middle], rows[middle + 1] - rows[middle]
+        angle = np.degrees(np.arctan2(-step_cols, -step_rows))
         arrows = {
             "col": (cols[middle] + cols[middle + 1]) / 2,
             "row": (rows[middle] + rows[middle + 1]) / 2,
             "angle": angle,
         }
         layers += [
-            hv.Path([(cols, rows)], ["col", "row"], label=label).opts(
-                color=colour, line_width=1.5, alpha=0.8
-            ),
-            hv.Points(arrows, ["col", "row"], ["angle"], label=label).opts(
+            hv.Path([(cols, rows)], ["col", "row"]).opts(color=colour, line_width=1.5, alpha=0.8),
+            hv.Points(arrows, ["col", "row"], ["angle"]).opts(
                 marker="triangle", angle=hv.dim("angle"), size=7, color=colour, tools=[]
             ),
-            hv.Points(([cols[0]], [rows[0]]), ["col", "row"], label=label).opts(
+            hv.Points(([cols[0]], [rows[0]]), ["col", "row"]).opts(
                 marker="circle", size=10, color=colour, line_color="white", tools=[]
             ),
-            hv.Points(([cols[-1]], [rows[-1]]), ["col", "row"], label=label).opts(
+            hv.Points(([cols[-1]], [rows[-1]]), ["col", "row"]).opts(
                 marker="square", size=9, color=colour, line_color="white", tools=[]
             ),
         ]
