@@ -9,7 +9,7 @@ import pytest
 
 from mambapanel import orders
 from mambapanel.store import RunError, open_run, stage_group
-from mambapanel.views import Explorer, RunData
+from mambapanel.views import Explorer, RunData, export
 from mambapanel.views.patch import route_overlay, route_path
 from mambapanel.views.style import scaled
 
@@ -66,6 +66,8 @@ def test_a_chosen_route_shows_its_stored_matrix_row_and_the_merged_view_the_mean
     np.testing.assert_array_equal(
         image_row.ravel(), group["attention_mean_by_route"].values[BLOCK, 3, query]
     )
+    captions = [caption for caption, _ in export.side_figures(*explorer.sides[0].views())]
+    assert "· route 3 ·" in captions[1] and "· route 3 (mean) ·" in captions[2]
 
 
 def test_a_run_without_routes_apart_refuses_a_route_by_name(small_run):

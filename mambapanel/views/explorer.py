@@ -1,4 +1,4 @@
-"""The Explorer: header (run, stage, block, DR method, colour scale, image), the linked
+"""The Explorer: header (run, stage, block, DR method, colour scale, image, routes), the linked
 Scatterplot, Patch and Image views, a compare layout (two blocks or two runs), URL state and
 export. ``Explorer(run)`` is the dashboard and a notebook cell's value alike.
 """

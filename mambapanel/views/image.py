@@ -168,9 +168,15 @@ class ImageView(pn.viewable.Viewer):
             return self.run.cls_attention(self.stage, self.block, self.image)
         if self.patch is None:
             return None
-        if self.route is not None:
+        if self.attention_of_route:
             return self.run.attention_row(self.stage, self.block, self.patch, self.route)
         return self.run.image_attention_row(self.stage, self.block, self.image, self.patch)
+
+    @property
+    def attention_of_route(self) -> bool:
+        """Whether the map shown is one route's part of the attention from the clicked patch
+        (its mean over images: a run stores no image's own by route)."""
+        return self.shown == "patch" and self.route is not None
 
     def layer_values(self) -> np.ndarray | None:
         """:meth:`attention` on a grid that covers the whole image: the stage's full grid
@@ -231,7 +237,7 @@ class ImageView(pn.viewable.Viewer):
             title = f"{image_id}: pick a patch"
         else:
             # A route's part is stored as the mean over images only: the title says so.
-            route = "" if self.route is None else f", route {self.route} (mean)"
+            route = f", route {self.route} (mean)" if self.attention_of_route else ""
             title = (
                 f"{image_id}: block {self.block}{route}, from ({self.patch[0]}, {self.patch[1]})"
             )

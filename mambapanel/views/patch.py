@@ -1,6 +1,7 @@
 """The Patch view: the stage's p x p patches as an ``hv.Image``. ``selection`` display: the
 patches selected in the scatterplot red on grey; ``attention`` display: every patch coloured
-by the attention from the clicked patch (``attention_mean``), the clicked patch outlined.
+by the attention from the clicked patch (``attention_mean``, or one route's part of it), the
+clicked patch outlined; the run's scan routes drawn over it on request.
 """
 
 from __future__ import annotations
