@@ -3,6 +3,8 @@ a route's attention against its stored matrix, and the errors of a run without r
 
 from __future__ import annotations
 
+import shutil
+
 import holoviews as hv
 import numpy as np
 import pytest
@@ -82,3 +84,16 @@ def test_a_run_without_routes_apart_refuses_a_route_by_name(small_run):
     (problem,) = explorer.url_state.problems
     assert problem.startswith("route=1 ignored (run small-run stores no matrices by route")
     assert explorer.route is None
+
+
+def test_a_run_made_before_routes_were_recorded_offers_none_to_draw(small_run, tmp_path):
+    old = tmp_path / "old-run"
+    shutil.copytree(small_run, old)
+    for stage in (1, 2):
+        shutil.rmtree(old / stage_group(stage) / "routes")
+    assert RunData(old).routes(1) is None
+    explorer = Explorer(old, stage=1, block=0, routes=[])
+    assert explorer.param.routes.objects == [] and explorer.param.route.objects == [None]
+    patches = explorer.sides[0].patches
+    patches.routes = [0]  # asked anyway: nothing to draw, nothing fails
+    assert len(patches._plot[0].object) == 2  # the grid and the clicked patch's outline

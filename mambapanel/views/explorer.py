@@ -446,12 +446,15 @@ class Explorer(pn.viewable.Viewer):
         return pn.Row(drawn, shown, margin=0)
 
     def _show_route_controls(self) -> None:
+        def encode(route: int | None) -> str:
+            return format_route(route) or MERGED
+
         drawn, shown = self._routes_widgets
         drawn.visible = bool(self.param.routes.objects)
         choices = self.param.route.objects
         shown.param.update(
-            options={MERGED if k is None else f"route {k}": format_route(k) for k in choices},
-            value=format_route(self.route),
+            options={MERGED if k is None else f"route {k}": encode(k) for k in choices},
+            value=encode(self.route),
             visible=len(choices) > 1,
         )
 

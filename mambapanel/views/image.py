@@ -14,7 +14,7 @@ import param
 from mambapanel.store import THUMBNAIL_SIZE
 from mambapanel.views.data import RunData
 from mambapanel.views.hold import held
-from mambapanel.views.patch import FRAME, grid_opts, outlined, patch_at
+from mambapanel.views.patch import FRAME, grid_opts, outlined, patch_at, route_parameter
 from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
     SCALE_LABELS,
@@ -102,12 +102,9 @@ class ImageView(pn.viewable.Viewer):
     scale = param.Selector(
         default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
     )
-    route = param.Integer(
-        default=None,
-        allow_None=True,
-        bounds=(0, None),
-        doc="Route whose part of the attention from the clicked patch is shown: a run keeps "
-        "it as the mean over images only (attention_mean_by_route); None: the image's own.",
+    route = route_parameter(
+        "Route whose part of the attention from the clicked patch is shown: a run keeps it as "
+        "the mean over images only (attention_mean_by_route); None: the image's own."
     )
     opacity = param.Number(default=0.5, bounds=(0, 1), doc="Opacity of the attention layer.")
     shown = param.Selector(

@@ -114,6 +114,11 @@ def route_overlay(
     return hv.Overlay(layers)
 
 
+def route_parameter(doc: str) -> param.Integer:
+    """A view's ``route`` parameter: a route's index, or None for every route merged."""
+    return param.Integer(default=None, allow_None=True, bounds=(0, None), doc=doc)
+
+
 def patch_at(grid: tuple[int, int], x: float | None, y: float | None) -> Patch | None:
     """The patch (row, col) under a tap at (col, row) = (x, y) on a grid (height, width),
     or None outside it."""
@@ -161,12 +166,9 @@ class PatchView(pn.viewable.Viewer):
     routes = param.List(
         default=[], item_type=int, doc="Scan routes drawn over the grid (route_overlay)."
     )
-    route = param.Integer(
-        default=None,
-        allow_None=True,
-        bounds=(0, None),
-        doc="Route whose part of the attention is shown (attention_mean_by_route); None: "
-        "the merged attention of every route.",
+    route = route_parameter(
+        "Route whose part of the attention is shown (attention_mean_by_route); None: the "
+        "merged attention of every route."
     )
     display = param.Selector(
         default="selection",

@@ -3,7 +3,7 @@ plain query values (``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2&s
 &routes=0,2&route=1``), so that a link reproduces a view. ``block=all`` is Mode 1; an empty
 ``patch`` is no clicked patch; ``scale=linear`` (links made before the signed scale) is
 ``strength``; ``routes`` lists the routes drawn, ``route`` is the route whose attention is
-shown (``merged``: all of them).
+shown (absent or ``merged``: all of them).
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ def parse_routes(text: object) -> list[int]:
 
 
 def format_route(route: int | None) -> str:
-    return MERGED if route is None else str(route)
+    """A route as the URL holds it; merged (None) is left out, as most runs have no other."""
+    return "" if route is None else str(route)
 
 
 def parse_route(text: object) -> int | None:
-    """``merged`` as None, a number as that route. Raises ValueError otherwise."""
-    return None if str(text) == MERGED else int(str(text))
+    """``""`` or ``merged`` as None, a number as that route. Raises ValueError otherwise."""
+    return None if str(text or MERGED) == MERGED else int(str(text))
 
 
 def parse_scale(text: object) -> str:
@@ -69,7 +70,7 @@ class UrlState(param.Parameterized):
     image = param.Parameter(doc="Index of the image in the run.")
     scale = param.Parameter(doc="Colour scale: strength, signed or log (linear: strength).")
     routes = param.Parameter(doc="The routes drawn over the patch view as '0,2', '' for none.")
-    route = param.Parameter(doc="The route whose attention is shown, or 'merged'.")
+    route = param.Parameter(doc="The route whose attention is shown; '' or 'merged': all.")
     problems = param.List(default=[], item_type=str, doc="Values of the last URL not applied.")
 
     def __init__(self, **params: Any) -> None:
