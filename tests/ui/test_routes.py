@@ -60,7 +60,7 @@ def test_the_toggles_draw_the_routes_and_a_chosen_route_shows_its_attention(
     width = group.attrs["grid_width"]
     row, col = PATCH
     open_explorer(page, server, f"stage={STAGE}&block={BLOCK}&method=pca&patch={row},{col}")
-    page.set_viewport_size({"width": 1900, "height": 1000})  # the header's controls in view
+    page.set_viewport_size({"width": 1900, "height": 1100})  # the header's controls in view
     toggles = page.locator(".mambapanel-routes")
     expect(toggles.get_by_role("button")).to_have_text([f"route {k}" for k in range(4)])
     assert drawn_paths(page, 0) == []
