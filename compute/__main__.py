@@ -85,6 +85,7 @@ def extract(args: argparse.Namespace) -> int:
         faithfulness_images=args.faithfulness_images,
         precision=args.precision,
         backend=args.backend,
+        by_route=args.by_route,
     )
     return 0
 
@@ -290,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=PRECISIONS,
         help="of the model's forward and backward passes (default float32; bfloat16 for GPUs: "
         "the attention is still computed in float32 from what the scans read)",
+    )
+    p.add_argument(
+        "--by-route",
+        action="store_true",
+        help="also store, per stage and block, each scan route's image-mean matrix "
+        "(attention_mean_by_route: K more matrices per block, and K more scratch sums per "
+        "shard); they sum to attention_mean, and the dashboard's patch view can show one "
+        "route's attention",
     )
     add_cluster_options(p, "extract")
     p.set_defaults(handler=extract)

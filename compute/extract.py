@@ -74,7 +74,8 @@ def extract(
     command : the command line that resumes this run, named if the scheduler is lost
     options : the keyword arguments of :func:`mambapanel.extract.plan_run` (model,
         checkpoint, order, image_source, image_size, stages, pool, channels, dtype,
-        shard_size, batch_size, seed, explanations, faithfulness_images, precision, backend).
+        shard_size, batch_size, seed, explanations, faithfulness_images, precision, backend,
+        by_route).
 
     Returns
     -------
@@ -119,6 +120,7 @@ def extract(
                 shard_size=plan.attrs["shard_size"],
                 attrs={**plan.attrs, "skipped_files": selection.skipped},
                 tests=plan.tests,
+                routes=plan.routes,
             )
         attrs = store.read_run(where).attrs
         pending = store.pending_shards(where)
@@ -230,6 +232,11 @@ def report_selection(selection: data.Selection) -> None:
         )
 
 
+def route_count(plan: RunPlan) -> int:
+    """K, the routes a by-route run stores apart (0: none)."""
+    return len(next(iter(plan.routes.values()))) if plan.attrs["by_route"] else 0
+
+
 def report_disk(
     out: str | Path | Location, plan: RunPlan, n_images: int, *, default_keep: bool = False
 ) -> None:
@@ -246,6 +253,7 @@ def report_disk(
         attrs["shard_size"],
         keep_images=attrs["keep_images"] if sketched else None,
         sketch_dim=attrs["sketch_dim"] if sketched else None,
+        routes=route_count(plan),
     )
     every = store.bytes_needed(plan.layouts, n_images, attrs["dtype"], attrs["shard_size"])
     print(

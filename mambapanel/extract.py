@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from mambapanel import attention, data, explain, models, store
 from mambapanel.attention.vim import split_cls
 from mambapanel.errors import OptionError
+from mambapanel.models.vim import VimScanInputs
+from mambapanel.models.vmamba import ScanInputs
 from mambapanel.overlap import HostCopy, Writer, to_host
 from mambapanel.sketch import SKETCH_DIM, SKETCH_SEED
 from mambapanel.storage import Location, location
@@ -45,6 +47,8 @@ class RunPlan:
     attrs: dict[str, Any]
     layouts: list[store.StageLayout]
     tests: tuple[str, ...] = ()
+    # {stage: int(K, L)}: the patches each scan route visits, on the stage's full grid.
+    routes: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> str:
@@ -78,6 +82,7 @@ def plan_run(
     device: str = "cpu",
     precision: str = "float32",
     backend: str = "tiled",
+    by_route: bool = False,
 ) -> RunPlan:
     """Build the model once to resolve its order and checkpoint hash and to measure the
     token grid of every stage at ``image_size``; check the options against it.
@@ -102,6 +107,8 @@ def plan_run(
         autocast (the attention is computed in float32 from what the scans read).
     backend : "tiled" or "triton" (a GPU kernel; the CPU runs it only under
         ``TRITON_INTERPRET=1``) for the stored attention; gradient x attention is tiled.
+    by_route : also store, per stage and block, each route's image-mean matrix
+        (``attention_mean_by_route``); they sum to ``attention_mean``.
     """
     if channels not in CHANNELS:
         raise OptionError(f"channels must be one of {CHANNELS}, got {channels!r}")
@@ -123,7 +130,7 @@ def plan_run(
         )
     checkpoint = None if checkpoint is None else str(Path(checkpoint).resolve())
     network = build_model(model, checkpoint, order, None if checkpoint else seed)
-    grids, states = stage_grids(network, image_size)
+    grids, states, routes = stage_grids(network, image_size)
     if backend == "triton" and channels == "absmean" and states > 1:
         raise OptionError(
             f"--backend triton reduces absmean only with one state per channel; {model} has "
@@ -167,13 +174,15 @@ def plan_run(
         "device": device,
         "precision": precision,
         "backend": backend,
+        "by_route": bool(by_route),
     }
     tests: tuple[str, ...] = ()
     if explanations:
         attrs["relevance_grid_height"], attrs["relevance_grid_width"] = grids[0]
         cls = (store.CLS_TEST,) if isinstance(network, models.Vim) else ()
         tests = (*store.EXPLANATIONS, *cls, store.RANDOM_TEST)
-    return with_keep(RunPlan(attrs, layouts, tests), keep, keep_images, sketch_dim)
+    plan = RunPlan(attrs, layouts, tests, {stage: routes[stage] for stage in stages})
+    return with_keep(plan, keep, keep_images, sketch_dim)
 
 
 def with_keep(
@@ -193,7 +202,7 @@ def with_keep(
         attrs.update(keep_images=keep_images, sketch_dim=sketch_dim, sketch_seed=SKETCH_SEED)
     else:
         attrs.update(sketch_dim=None, sketch_seed=None)
-    return RunPlan(attrs, plan.layouts, plan.tests)
+    return replace(plan, attrs=attrs)
 
 
 def build_model(
@@ -246,14 +255,26 @@ def checkpoint_copy(checkpoint: str, sha256: str, content: bytes) -> str:
     return str(target)
 
 
-def stage_grids(model: torch.nn.Module, image_size: int) -> tuple[dict[int, tuple[int, int]], int]:
-    """Token grid (H, W) of every stage at ``image_size``, and the scans' state size N,
-    measured by one forward pass."""
+def stage_grids(
+    model: torch.nn.Module, image_size: int
+) -> tuple[dict[int, tuple[int, int]], int, dict[int, np.ndarray]]:
+    """Token grid (H, W) of every stage at ``image_size``, the scans' state size N, and each
+    stage's scan routes as patches (:func:`patch_routes`), measured by one forward pass."""
     first_blocks = [(stage, 0) for stage in range(len(model.depths))]
     with torch.no_grad(), attention.capture(model, first_blocks) as cap:
         model(torch.zeros(1, 3, image_size, image_size))
     grids = {stage: cap.inputs(stage, block).grid for stage, block in first_blocks}
-    return grids, cap.inputs(0, 0).A.shape[-1]
+    routes = {stage: patch_routes(cap.inputs(stage, block)) for stage, block in first_blocks}
+    return grids, cap.inputs(0, 0).A.shape[-1], routes
+
+
+def patch_routes(inputs: ScanInputs | VimScanInputs) -> np.ndarray:
+    """int64(K, P): the patch (row-major) each route of a scan visits at each step; a Vim
+    mixer's routes over tokens with its CLS token left out."""
+    routes = inputs.routes.cpu()
+    if isinstance(inputs, VimScanInputs):
+        routes = routes[routes != inputs.cls_token].view(len(routes), -1)
+    return routes.numpy().astype(np.int64)
 
 
 def pool_attention(matrices: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:
@@ -283,54 +304,73 @@ def pool_attention(matrices: torch.Tensor, grid: tuple[int, int], factor: int) -
 class ShardTotals:
     """What a shard accumulates over its batches before ``store.write_shard``: per stage,
     the float64 sum of its images' matrices (numpy on the CPU, where numpy sums them ~5x
-    faster than torch; torch on a GPU) and, in a sketched run, every image's sketches."""
+    faster than torch; torch on a GPU), in a by-route run each route's too, and, in a
+    sketched run, every image's sketches."""
 
     run: store.RunInfo
     images: range
     device: torch.device
     sums: dict[int, Any] = field(default_factory=dict)
     sketches: dict[int, torch.Tensor] = field(default_factory=dict)
+    route_sums: dict[int, Any] = field(default_factory=dict)  # (n_blocks, K, L, L)
 
     def __post_init__(self) -> None:
         sketched = self.run.attrs["keep"] == "sketch"
         for layout in self.run.layouts:
             shape = (layout.n_blocks, layout.patches, layout.patches)
-            if self.device.type == "cpu":
-                self.sums[layout.stage] = np.zeros(shape, np.float64)
-            else:
-                self.sums[layout.stage] = torch.zeros(
-                    shape, dtype=torch.float64, device=self.device
-                )
+            self.sums[layout.stage] = self._zeros(shape)
+            if self.run.attrs["by_route"]:
+                routes = self.run.routes[layout.stage]
+                self.route_sums[layout.stage] = self._zeros((shape[0], len(routes), *shape[1:]))
             if sketched:
                 width = self.sketch(layout).out_features
                 self.sketches[layout.stage] = torch.full(
                     (len(self.images), layout.n_blocks, width), float("nan"), device=self.device
                 )
 
+    def _zeros(self, shape: tuple[int, ...]) -> Any:
+        if self.device.type == "cpu":
+            return np.zeros(shape, np.float64)
+        return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
     def sketch(self, layout: store.StageLayout):
         attrs = self.run.attrs
         return store.sketch_of(layout, attrs["sketch_dim"], attrs["sketch_seed"])
 
-    def add(self, layout: store.StageLayout, block: int, start: int, matrices: torch.Tensor):
-        """Add the batch of images from ``start`` on: r(b, L, L) float32 on the device."""
-        if self.device.type == "cpu":
-            self.sums[layout.stage][block] += matrices.numpy().sum(0, dtype=np.float64)
-        else:
-            self.sums[layout.stage][block] += matrices.sum(0, dtype=torch.float64)
+    def add(
+        self,
+        layout: store.StageLayout,
+        block: int,
+        start: int,
+        matrices: torch.Tensor,
+        by_route: torch.Tensor | None = None,
+    ):
+        """Add the batch of images from ``start`` on: r(b, L, L) float32 on the device, and
+        in a by-route run each route's, r(b, K, L, L)."""
+        self._sum_into(self.sums[layout.stage][block], matrices)
+        if by_route is not None:
+            self._sum_into(self.route_sums[layout.stage][block], by_route)
         if self.sketches:
             offset = start - self.images.start
             sketched = self.sketch(layout)(matrices)
             self.sketches[layout.stage][offset : offset + len(matrices), block] = sketched
 
-    def on_host(self) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-        """(sums, sketches) as numpy arrays."""
+    def _sum_into(self, total: Any, matrices: torch.Tensor) -> None:
+        """total += Σ over the batch (axis 0) of ``matrices``, in float64."""
+        if self.device.type == "cpu":
+            total += matrices.numpy().sum(0, dtype=np.float64)
+        else:
+            total += matrices.sum(0, dtype=torch.float64)
+
+    def on_host(self) -> tuple[dict[int, np.ndarray], ...]:
+        """(sums, sketches, route_sums) as numpy arrays."""
 
         def host(value: Any) -> np.ndarray:
             return value.cpu().numpy() if isinstance(value, torch.Tensor) else value
 
-        return (
-            {stage: host(value) for stage, value in self.sums.items()},
-            {stage: host(value) for stage, value in self.sketches.items()},
+        return tuple(
+            {stage: host(value) for stage, value in arrays.items()}
+            for arrays in (self.sums, self.sketches, self.route_sums)
         )
 
 
@@ -360,9 +400,13 @@ class BlockAttention:
         """The item attention of (stage, block), r(b, T, T), after storing what the run keeps
         of it; the channel mode is the run's."""
         attrs = self.run.attrs
+        by_route = attrs["by_route"] and stage in self.layouts
         items = self.cap.item_attention(
-            stage, block, reduce=attrs["channels"], backend=attrs["backend"]
+            stage, block, reduce=attrs["channels"], backend=attrs["backend"], by_route=by_route
         )
+        routed = None
+        if by_route:  # r(b, K, T, T): the merge is their sum (design.md, section 3)
+            routed, items = items, items.sum(1)
         if stage not in self.layouts:  # a stage the run does not store (rollout only)
             return items
         inputs = self.cap.inputs(stage, block)
@@ -370,6 +414,7 @@ class BlockAttention:
         patches = items
         if hasattr(inputs, "cls_token"):  # Vim: the CLS token's row and column apart
             patches, from_cls, to_cls = split_cls(items, inputs.cls_token)
+            routed = None if routed is None else split_cls(routed, inputs.cls_token)[0]
             if attrs["explanations"]:
                 pooled = [
                     to_host(pool_vectors(v, layout.full_grid, layout.pool).contiguous())
@@ -379,7 +424,11 @@ class BlockAttention:
                 if block == layout.n_blocks - 1:
                     self.last_cls = from_cls.abs()
         matrices = pool_attention(patches, layout.full_grid, layout.pool)
-        self.totals.add(layout, block, self.start, matrices)
+        if routed is not None:
+            b, K, L, _ = routed.shape
+            pooled = pool_attention(routed.reshape(b * K, L, L), layout.full_grid, layout.pool)
+            routed = pooled.reshape(b, K, *pooled.shape[1:])
+        self.totals.add(layout, block, self.start, matrices, routed)
         kept = max(0, min(len(matrices), attrs["keep_images"] - self.start))
         if kept:
             # Cast on the device: half the bytes to copy, and numpy's float16 cast is slower.
@@ -473,8 +522,8 @@ def extract_shard(
                     model(pixels)
                 store_blocks = BlockAttention(where, run, cap, start, totals, writer)
             store_blocks.finish()
-    sums, sketches = totals.on_host()
-    store.write_shard(where, shard, np.stack(thumbnails), sums, sketches)
+    sums, sketches, route_sums = totals.on_host()
+    store.write_shard(where, shard, np.stack(thumbnails), sums, sketches, route_sums)
     return len(images)
 
 

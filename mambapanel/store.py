@@ -21,8 +21,8 @@ Root group
         ``keep`` "all"), sketch_dim, sketch_seed (of the sketches (S); null without),
         device ("cpu" | "cuda": where the workers computed), precision ("float32" |
         "bfloat16": of the model's forward and backward passes), backend ("tiled" |
-        "triton": of the attention). Runs made before an attr existed read as
-        :func:`run_attrs` fills it in.
+        "triton": of the attention), by_route (bool: the arrays marked (R) are stored).
+        Runs made before an attr existed read as :func:`run_attrs` fills it in.
     image       (image,) int64              index coordinate 0 .. n-1
     image_id    (image,) str                coordinate: the file's path relative to the source
     label       (image,) str                coordinate: its class folder, "" in a flat folder
@@ -56,11 +56,21 @@ Group ``stage{s}`` for every s in ``stages``
                     min(sketch_dim, L²)) and ``sketch_exact`` (true when L² <= sketch_dim:
                     the sketch is the matrix itself, row-major)
     attention_mean  (block, query, key) float32: the exact mean over images, NaN until final
+    route           (route,) int64          (R) index coordinate: the scan routes of the order
+    routes          (route, step) int64     the patch each route visits at each step, row-major
+                    on the stage's full (unpooled) grid; the patches of a Vim's token routes
+                    (its CLS token left out). Absent in runs made before it was recorded
+    attention_mean_by_route (block, route, query, key) float32  (R) the exact mean over images
+                    of the matrix each route's scan applies, in patch space (for Vim: as it
+                    enters the merge, halved); summed over routes it is ``attention_mean``
+                    (design.md, section 3), NaN until final
     attention_from_cls (image, block, key) f32   (E, Vim) the CLS token's row: attention from
                     CLS to each patch; attention_to_cls (image, block, query) its column
     partial_sum     (shard, block, query, key) float64: scratch while extracting, one sum per
                     shard; removed when the run is finalised (what a kill during that
                     removal leaves, the next finalise or open removes)
+    partial_sum_by_route (shard, block, route, query, key) float64  (R) the same scratch for
+                    ``attention_mean_by_route``
 Group ``findings`` (added by ``python -m compute findings``; absent before)
     attrs: findings_version, mambapanel_version, created, order, compared_orders, seeds
     ``findings/stage{s}`` per stage: the study's findings in numbers (block separation,
@@ -69,11 +79,14 @@ Group ``findings`` (added by ``python -m compute findings``; absent before)
     which writes and reads them (``write_findings``, ``read_findings``).
 
 (S): stored when ``keep`` is "sketch" (format_version 2; runs without are version 1).
+(R): stored when ``by_route`` is true (``compute extract --by-route``); readers that do not
+know them ignore them, so the format version is unchanged.
 
 Chunks: ``attention`` (1, 1, L, L), one image-block per chunk; ``sketch`` (shard_size,
 n_blocks, width), one shard's per chunk; ``attention_mean``
 (1, Q, L) with Q = all L rows when a block is at most 4 MiB, else as many rows as fit in
-4 MiB, so one query row is always one chunk; ``partial_sum`` (1, 1, L, L); ``done`` and
+4 MiB, so one query row is always one chunk (``attention_mean_by_route`` (1, 1, Q, L));
+``partial_sum`` (1, 1, L, L), ``partial_sum_by_route`` (1, 1, 1, L, L); ``done`` and
 ``thumbnail`` by shard (``shard_size`` images), so concurrent tasks never write one chunk.
 The three attention arrays are stored without compression (benchmarks/RESULTS.md says why).
 
@@ -96,7 +109,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,6 +175,7 @@ IDENTITY_ATTRS = (
     "device",
     "precision",
     "backend",
+    "by_route",  # what the run stores, as keep is
 )
 # Explanations (mambapanel.explain): the maps stored per image, what the perturbation test
 # removes first, and the shares of patches it removes.
@@ -189,7 +203,10 @@ ADDED_ATTRS = {
     "device": "cpu",
     "precision": "float32",
     "backend": "tiled",
+    "by_route": False,
 }
+BY_ROUTE_VARIABLES = ("route", "attention_mean_by_route")
+SCRATCH_VARIABLES = ("partial_sum", "partial_sum_by_route")
 
 
 def stage_group(stage: int) -> str:
@@ -254,10 +271,12 @@ def bytes_needed(
     *,
     keep_images: int | None = None,
     sketch_dim: int | None = None,
+    routes: int = 0,
 ) -> dict[int, dict[str, int]]:
     """Uncompressed bytes per stage: ``attention`` (of the first ``keep_images`` images,
     default all), ``sketch`` (with ``sketch_dim``), ``attention_mean`` and the scratch
-    ``partial_sum`` (held only until the run is finalised)."""
+    ``partial_sum`` (held only until the run is finalised); with ``routes`` (the K routes of
+    a by-route run) the last two include their by-route arrays, K matrices more each."""
     itemsize = np.dtype(dtype).itemsize
     kept = n_images if keep_images is None else min(keep_images, n_images)
     needed = {}
@@ -267,8 +286,8 @@ def bytes_needed(
         needed[layout.stage] = {
             "attention": kept * matrix * itemsize,
             "sketch": n_images * layout.n_blocks * width * 4,
-            "attention_mean": matrix * 4,
-            "partial_sum": n_shards(n_images, shard_size) * matrix * 8,
+            "attention_mean": (1 + routes) * matrix * 4,
+            "partial_sum": n_shards(n_images, shard_size) * (1 + routes) * matrix * 8,
         }
     return needed
 
@@ -287,8 +306,9 @@ def create_run(
     shard_size: int,
     attrs: Mapping[str, Any],
     tests: Sequence[str] = (),
+    routes: Mapping[int, np.ndarray] | None = None,
 ) -> None:
-    """Write the skeleton of a new run: metadata, coordinates, image ids; no matrices.
+    """Write the skeleton of a new run: metadata, coordinates, image ids, routes; no matrices.
 
     Kill-safe: a local run is built beside ``path`` and renamed into place; on an object
     store the root's attrs are written last (module docstring, Where).
@@ -304,8 +324,16 @@ def create_run(
         ``relevance_grid_height`` x ``relevance_grid_width`` patches; with ``keep``
         "sketch", the (S) arrays, ``sketch_dim`` wide
     tests : the maps the perturbation test compares (with ``explanations``)
+    routes : {stage: int(K, L)}, the model's scan routes on each stage's full grid (the
+        ``routes`` array); needed for every stage when ``attrs["by_route"]`` is true (the
+        (R) arrays have K routes)
     """
     where = location(path)
+    routes = dict(routes or {})
+    if attrs.get("by_route"):
+        missing = [layout.stage for layout in layouts if layout.stage not in routes]
+        if missing:
+            raise OptionError(f"by_route needs the routes of every stage; none for {missing}")
     if dtype not in DTYPES:
         raise OptionError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     keep = attrs.get("keep", "all")
@@ -334,7 +362,7 @@ def create_run(
         building = path.with_name(f".{path.name}.creating")
         shutil.rmtree(building, ignore_errors=True)  # the leftover of a killed creation
         root = zarr.open_group(building, mode="w-", zarr_format=3, attributes=full_attrs)
-        _build_skeleton(root, full_attrs, images, layouts, tests)
+        _build_skeleton(root, full_attrs, images, layouts, tests, routes)
         os.replace(building, path)
         return
     if where.exists("zarr.json"):
@@ -344,7 +372,7 @@ def create_run(
     where.check_writable(f"run {where}")
     where.remove()  # what a killed creation left
     root = zarr.open_group(where.zarr_store(), mode="w", zarr_format=3, attributes={CREATING: True})
-    _build_skeleton(root, full_attrs, images, layouts, tests)
+    _build_skeleton(root, full_attrs, images, layouts, tests, routes)
     root.attrs.put(full_attrs)  # one PUT: from here on it is a run
 
 
@@ -354,6 +382,7 @@ def _build_skeleton(
     images: Sequence[tuple[str, str]],
     layouts: Sequence[StageLayout],
     tests: Sequence[str],
+    routes: Mapping[int, np.ndarray],
 ) -> None:
     """Every array of a new run under ``root`` (:func:`create_run`)."""
     n, shard_size = len(images), attrs["shard_size"]
@@ -393,6 +422,8 @@ def _build_skeleton(
             CLS_TEST in tests and explained,
             sketch_dim,
             shard_size,
+            routes.get(layout.stage),
+            bool(attrs.get("by_route")),
         )
 
 
@@ -438,6 +469,8 @@ def _create_stage(
     cls: bool,
     sketch_dim: int | None,
     shard_size: int,
+    routes: np.ndarray | None,
+    by_route: bool,
 ) -> None:
     height, width = layout.grid
     L, blocks = layout.patches, layout.n_blocks
@@ -461,20 +494,41 @@ def _create_stage(
         _coordinate(group, axis, axis, np.arange(L))
         _coordinate(group, f"{axis}_row", axis, rows)
         _coordinate(group, f"{axis}_col", axis, cols)
+    if routes is not None:
+        routes = np.asarray(routes, dtype=np.int64)
+        steps = layout.full_grid[0] * layout.full_grid[1]
+        if routes.ndim != 2 or routes.shape[1] != steps:
+            raise OptionError(
+                f"stage {layout.stage}: routes must be (K, {steps}) on its full grid "
+                f"{layout.full_grid}, got {routes.shape}"
+            )
+        array = group.create_array(
+            "routes", shape=routes.shape, dtype="int64", dimension_names=("route", "step")
+        )
+        array[...] = routes
     rows_per_chunk = max(1, min(L, MEAN_CHUNK_BYTES // (4 * L)))
     coordinates = {"coordinates": QUERY_KEY_COORDINATES}
-    for name, leading, chunks, array_dtype, attributes in (
+    arrays = [
         ("attention", {"image": n_images}, (1, 1, L, L), dtype, coordinates),
         ("attention_mean", {}, (1, rows_per_chunk, L), "float32", coordinates),
         ("partial_sum", {"shard": shards}, (1, 1, L, L), "float64", {}),
-    ):
+    ]
+    K = 0 if routes is None else len(routes)
+    if by_route:
+        _coordinate(group, "route", "route", np.arange(K))
+        arrays += [
+            ("attention_mean_by_route", {}, (1, 1, rows_per_chunk, L), "float32", coordinates),
+            ("partial_sum_by_route", {"shard": shards}, (1, 1, 1, L, L), "float64", {}),
+        ]
+    for name, leading, chunks, array_dtype, attributes in arrays:
+        routed = name.endswith("_by_route")
         group.create_array(
             name,
-            shape=(*leading.values(), blocks, L, L),
+            shape=(*leading.values(), blocks, *(K,) * routed, L, L),
             chunks=chunks,
             dtype=array_dtype,
             fill_value=np.nan,
-            dimension_names=(*leading, "block", "query", "key"),
+            dimension_names=(*leading, "block", *("route",) * routed, "query", "key"),
             attributes=attributes,
             # Uncompressed: zstd (and Blosc zstd level 1, shuffled) on the workers cost more
             # time than it saved writing, for 7-19 % less disk (benchmarks/RESULTS.md).
@@ -546,7 +600,10 @@ def check_run(path: str | Path | Location) -> zarr.Group:
     attrs = run_attrs(root.attrs)
     explained = bool(attrs["explanations"])
     _require(where, root, "/", ROOT_VARIABLES + (EXPLANATION_VARIABLES if explained else ()))
-    stage_variables = STAGE_VARIABLES if attrs["complete"] else (*STAGE_VARIABLES, "partial_sum")
+    scratch = () if attrs["complete"] else SCRATCH_VARIABLES[: 1 + bool(attrs["by_route"])]
+    stage_variables = (*STAGE_VARIABLES, *scratch)
+    if attrs["by_route"]:
+        stage_variables = (*stage_variables, "routes", *BY_ROUTE_VARIABLES)
     if explained and CLS_TEST in root["test"][...]:
         stage_variables = (*stage_variables, *CLS_VARIABLES)
     if attrs["keep"] == "sketch":
@@ -678,20 +735,25 @@ class RunInfo:
     layouts: list[StageLayout]
     image_ids: list[str]
     tests: tuple[str, ...] = ()  # the maps the perturbation test compares, if any
+    # {stage: int(K, L)}: each stage's ``routes`` array, where the run stores one.
+    routes: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def read_run(path: str | Path | Location) -> RunInfo:
     """Root attrs, stage layouts (from the group attrs) and image ids of a validated run."""
     root = check_run(path)
-    layouts = []
+    layouts, routes = [], {}
     for stage in root.attrs["stages"]:
-        attrs = root[stage_group(stage)].attrs
+        group = root[stage_group(stage)]
+        attrs = group.attrs
         full_grid = (attrs["full_grid_height"], attrs["full_grid_width"])
         layouts.append(StageLayout(stage, attrs["n_blocks"], full_grid, attrs["pool"]))
+        if "routes" in group:
+            routes[stage] = group["routes"][...]
     image_ids = [str(image_id) for image_id in root["image_id"][...]]
     attrs = run_attrs(root.attrs)
     tests = tuple(str(t) for t in root["test"][...]) if attrs["explanations"] else ()
-    return RunInfo(attrs, layouts, image_ids, tests)
+    return RunInfo(attrs, layouts, image_ids, tests, routes)
 
 
 def pending_shards(path: str | Path | Location) -> list[int]:
@@ -757,6 +819,7 @@ def write_shard(
     thumbnails: np.ndarray,
     partial_sums: Mapping[int, np.ndarray],
     sketches: Mapping[int, np.ndarray] | None = None,
+    partial_sums_by_route: Mapping[int, np.ndarray] | None = None,
 ) -> None:
     """Finish a shard whose attention is written: thumbnails, sketches, then partial sums,
     then ``done``.
@@ -771,6 +834,8 @@ def write_shard(
     partial_sums : {stage: f64(n_blocks, L, L)}
         Σ over the shard's images of their float32 matrices, accumulated in float64.
     sketches : {stage: f32(b, n_blocks, width)}, with ``keep`` "sketch"
+    partial_sums_by_route : {stage: f64(n_blocks, K, L, L)}, with ``by_route``: each route's
+        sum, as ``partial_sums`` is the merged one
     """
     where = location(path)
     images = shard_images(zarr.open_group(where.zarr_store(), mode="r").attrs, shard)
@@ -779,12 +844,15 @@ def write_shard(
         _array(where, f"{stage_group(stage)}/sketch")[images.start : images.stop] = values
     for stage, sums in partial_sums.items():
         _array(where, f"{stage_group(stage)}/partial_sum")[shard] = sums
+    for stage, sums in (partial_sums_by_route or {}).items():
+        _array(where, f"{stage_group(stage)}/partial_sum_by_route")[shard] = sums
     _array(where, "done")[images.start : images.stop] = True
 
 
 def finalise(path: str | Path | Location) -> None:
     """``attention_mean`` = Σ over shards of ``partial_sum`` / n (float64, cast to float32),
-    mark the run complete, then drop the scratch sums. Safe to repeat after a kill."""
+    and ``attention_mean_by_route`` likewise from ``partial_sum_by_route``; mark the run
+    complete, then drop the scratch sums. Safe to repeat after a kill."""
     where = location(path)
     check_run(where)
     root = zarr.open_group(where.zarr_store(), mode="r+")
@@ -796,14 +864,16 @@ def finalise(path: str | Path | Location) -> None:
                 f"{where}: cannot finalise, {done.size - np.count_nonzero(done)} of "
                 f"{done.size} images are not done"
             )
+        means = ("attention_mean", "attention_mean_by_route")[: 1 + bool(attrs.get("by_route"))]
         for stage in attrs["stages"]:
             group = root[stage_group(stage)]
-            partial, mean = group["partial_sum"], group["attention_mean"]
-            for block in range(group.attrs["n_blocks"]):
-                total = np.zeros(mean.shape[1:], dtype=np.float64)
-                for shard in range(partial.shape[0]):
-                    total += partial[shard, block]
-                mean[block] = (total / attrs["n_images"]).astype(np.float32)
+            for scratch, name in zip(SCRATCH_VARIABLES, means, strict=False):
+                partial, mean = group[scratch], group[name]
+                for block in range(group.attrs["n_blocks"]):
+                    total = np.zeros(mean.shape[1:], dtype=np.float64)
+                    for shard in range(partial.shape[0]):
+                        total += partial[shard, block]
+                    mean[block] = (total / attrs["n_images"]).astype(np.float32)
         root.attrs["complete"] = True
     _remove_scratch(where, attrs["stages"])
     if where.is_local:
@@ -815,7 +885,8 @@ def finalise(path: str | Path | Location) -> None:
 
 
 def _remove_scratch(where: Location, stages: Sequence[int]) -> None:
-    """Delete the ``partial_sum`` arrays of a complete run (up to GBs), or what is left of them.
+    """Delete the scratch sums (``partial_sum``, ``partial_sum_by_route``) of a complete run
+    (up to GBs), or what is left of them.
 
     As files, not through zarr: a removal killed midway may leave chunks without the array's
     ``zarr.json``, which zarr no longer sees as an array (it warns at every listing instead).
@@ -823,10 +894,11 @@ def _remove_scratch(where: Location, stages: Sequence[int]) -> None:
     and two processes may remove at once.
     """
     for stage in stages:
-        try:
-            where.remove(f"{stage_group(stage)}/partial_sum")
-        except OSError:
-            pass
+        for name in SCRATCH_VARIABLES:
+            try:
+                where.remove(f"{stage_group(stage)}/{name}")
+            except OSError:
+                pass
 
 
 def _array(path: str | Path | Location, name: str) -> zarr.Array:

@@ -212,6 +212,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, sche
     # Sketched: 64 numbers per block (stages 0-1 take the sketch's dense path, 2-3 its
     # path for fewer rows than shifts), the matrices of the first 2 images.
     kept = ["--keep", keep, *(["--keep-images", "2", "--sketch-dim", "64"] * (keep == "sketch"))]
+    kept += ["--by-route"] * (keep == "all")  # and each route's mean, through its own sums
     options = [*kept, "--size", "96", "--batch-size", "1", "--shard-size", "1", "--workers", "2"]
     command = [sys.executable, "-m", "compute", *extract_args(out, folder, *options)]
     # Its own session: the kill reaches the client, the nannies and the workers at once.
@@ -237,11 +238,12 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, folder, sche
     killed, whole = store.open_run(out), store.open_run(reference)
     for stage in range(4):
         names = ("attention", "attention_mean", *(["sketch"] * (keep == "sketch")))
+        names += ("attention_mean_by_route",) * (keep == "all")
         for name in names:
             np.testing.assert_array_equal(
                 killed[stage_group(stage)][name].values, whole[stage_group(stage)][name].values
             )
-        assert "partial_sum" not in killed[stage_group(stage)]
+        assert not {"partial_sum", "partial_sum_by_route"} & set(killed[stage_group(stage)])
         kept_images = np.isfinite(killed[stage_group(stage)]["attention"].values).all((1, 2, 3))
         assert list(kept_images) == [True] * 2 + [keep == "all"] * 4
     np.testing.assert_array_equal(killed["thumbnail"].values, whole["thumbnail"].values)

@@ -333,25 +333,51 @@ class RunData:
 
         return self._shared(("intra", stage, block, method), read)
 
-    def attention_row(self, stage: int, block: int, patch: Patch) -> np.ndarray:
-        """Algorithm 2: ``attention_mean`` from ``patch`` to every patch, f32(height, width)."""
+    def attention_row(
+        self, stage: int, block: int, patch: Patch, route: int | None = None
+    ) -> np.ndarray:
+        """Algorithm 2: ``attention_mean`` from ``patch`` to every patch, f32(height, width);
+        with ``route``, that route's part of it (``attention_mean_by_route``).
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            A ``route`` of a run that does not keep its routes apart, or that it lacks.
+        """
         query = self.patch_index(stage, patch)
         group = self._stage_group(stage)
-        row = self._read(group, "attention_mean", ("key",), block=block, query=query)
+        if route is None:
+            row = self._read(group, "attention_mean", ("key",), block=block, query=query)
+        else:
+            self.check_route(stage, route)
+            row = self._read(
+                group, "attention_mean_by_route", ("key",), block=block, route=route, query=query
+            )
         return row.reshape(self.grid(stage))
 
     def query_attention(
-        self, stage: int, block: int, query: Sequence[Patch], direction: str = "from"
+        self,
+        stage: int,
+        block: int,
+        query: Sequence[Patch],
+        direction: str = "from",
+        route: int | None = None,
     ) -> np.ndarray:
         """Algorithm 2 for a set of patches: the mean of the ``attention_mean`` rows of
         ``query`` (``from``: the attention they give each patch) or of its columns (``to``:
-        the attention each patch gives them), f32(height, width).
+        the attention each patch gives them), f32(height, width); with ``route``, of that
+        route's part of it (``attention_mean_by_route``, :meth:`check_route`).
 
         Reads those rows; columns span every chunk of the block, so its whole matrix is
         read once, its columns kept as rows (in :attr:`shared`, for every session).
         :func:`query_mean` on the whole matrix is the reference.
         """
-        return self._query_mean(stage, query, direction, "attention_mean", block=block)
+        if route is None:
+            return self._query_mean(stage, query, direction, "attention_mean", block=block)
+        self.check_route(stage, route)
+        return self._query_mean(
+            stage, query, direction, "attention_mean_by_route", block=block, route=route
+        )
 
     def image_query_attention(
         self, stage: int, block: int, image: int, query: Sequence[Patch], direction: str = "from"
@@ -396,6 +422,45 @@ class RunData:
             return columns
 
         return self._shared(("columns", stage, block), read)
+
+    @property
+    def by_route(self) -> bool:
+        """Whether the run keeps each route's mean matrices (``compute extract --by-route``)."""
+        return bool(self.attrs["by_route"])
+
+    def routes(self, stage: int) -> np.ndarray | None:
+        """The scan routes of ``stage``, int64(K, L) patches row-major on its full grid, read
+        only; None for a run made before they were recorded."""
+
+        def read() -> np.ndarray | None:
+            group = self._stage_group(stage)
+            if "routes" not in group:
+                return None
+            values = self._read(group, "routes", ("route", "step"))
+            values.flags.writeable = False
+            return values
+
+        return self._shared(("routes", stage), read)
+
+    def check_route(self, stage: int, route: int) -> None:
+        """Refuse a route this run cannot show apart, by name.
+
+        Raises
+        ------
+        mambapanel.store.RunError
+            The run was made without ``--by-route``, or has fewer routes.
+        """
+        if not self.by_route:
+            raise RunError(
+                f"run {self.name} stores no matrices by route (it was extracted without "
+                f"--by-route): route {route} cannot be shown apart; choose merged, or extract "
+                "the run again with python -m compute extract --by-route"
+            )
+        routes = self.routes(stage)
+        if not 0 <= route < len(routes):
+            raise RunError(
+                f"run {self.name} has {len(routes)} routes at stage {stage}; no route {route}"
+            )
 
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
         """One image's ``attention`` from ``patch`` to every patch, f32(height, width).

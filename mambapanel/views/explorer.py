@@ -1,5 +1,5 @@
 """The Explorer: controls (run, stage, block, DR method, colour scale, image, the direction
-of the query's attention), the linked Scatterplot, Patch and Image views, a compare layout
+of the query's attention, routes), the linked Scatterplot, Patch and Image views, a compare layout
 (two blocks or two runs), URL state and export. ``Explorer(run)`` is a notebook cell's
 value; a served page puts its controls in a template's sidebar (:meth:`Explorer.sidebar`,
 :meth:`Explorer.main`).
@@ -23,6 +23,7 @@ from mambapanel.views.data import RunData, RunsLike, load_runs
 from mambapanel.views.geometry import patch_at_location, patches_at_location
 from mambapanel.views.image import ImageView
 from mambapanel.views.patch import (
+    ROUTE_COLOURS,
     PatchView,
     direction_parameter,
     queried,
@@ -32,7 +33,7 @@ from mambapanel.views.patch import (
 from mambapanel.views.scatter import ScatterView
 from mambapanel.views.serve import TITLE
 from mambapanel.views.style import BUTTON_HEIGHT, SCALES
-from mambapanel.views.url import UrlState, owns_url
+from mambapanel.views.url import MERGED, UrlState, format_route, owns_url, parse_route
 from mambapanel.views.widgets import image_chooser, linked_menu
 
 COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
@@ -128,6 +129,19 @@ class Explorer(pn.viewable.Viewer):
     direction = direction_parameter()
     compare = param.Selector(
         default="none", objects=COMPARE, doc="A second side: another block or another run."
+    )
+    routes = param.ListSelector(
+        default=[],
+        objects=[],
+        check_on_set=True,
+        doc="Scan routes drawn over the patch view (none: no overlay).",
+    )
+    route = param.Selector(
+        default=None,
+        objects=[None],
+        check_on_set=True,
+        doc="Route whose part of the attention the patch and image views show (a run made "
+        "with --by-route); None: merged, the sum of every route's.",
     )
     block_b = param.Selector(check_on_set=True, doc="The right side's block (two blocks).")
     run_b = param.Selector(check_on_set=True, doc="The right side's run (two runs).")
@@ -265,6 +279,20 @@ class Explorer(pn.viewable.Viewer):
         self._set_objects("block_b", blocks, default=blocks[-1])
         self._set_objects("method", run.methods(self.stage) or ["pca"])
         self.param.update(patch=None, selection=[], query=[])
+        self._offer_routes()
+
+    def _offer_routes(self) -> None:
+        """Offer the stage's routes to draw (those the run records), and to show apart where
+        the run keeps each route's matrices; what it lacks is dropped."""
+        routes = self.data.routes(self.stage)
+        indices = [] if routes is None else list(range(len(routes)))
+        self.param.routes.objects = {f"route {k}": k for k in indices}
+        kept = [k for k in self.routes if k in indices]
+        self._set_objects("route", [None, *(indices if self.data.by_route else [])])
+        if kept != self.routes:
+            self.routes = kept
+        if hasattr(self, "_routes_widgets"):
+            self._show_route_controls()
 
     def _set_objects(self, name: str, objects: list, default: object = None) -> None:
         """Replace a selector's choices; keep its value when still a choice, else take
@@ -301,9 +329,12 @@ class Explorer(pn.viewable.Viewer):
         attention = dict(common, query=query, direction=self.direction, scale=self.scale)
         return (
             dict(common, method=self.method, image=self.image),
-            dict(attention, selection=selection),
-            dict(attention, image=self.image),
+            dict(attention, selection=selection, **self._route_values()),
+            dict(attention, image=self.image, route=self.route),
         )
+
+    def _route_values(self) -> dict:
+        return dict(routes=list(self.routes), route=self.route)
 
     def _on_grid_of(
         self, run: RunData, patch: tuple | None, selection: list[tuple], back: bool = False
@@ -344,7 +375,7 @@ class Explorer(pn.viewable.Viewer):
 
     @param.depends(
         "run", "stage", "block", "method", "scale", "image", "patch", "selection", "query",
-        "direction", "compare", "block_b", "run_b", watch=True,
+        "direction", "compare", "block_b", "run_b", "routes", "route", watch=True,
     )  # fmt: skip
     def _forward(self) -> None:
         """Push the state into the views of each side shown, one batch per view."""
@@ -471,6 +502,7 @@ class Explorer(pn.viewable.Viewer):
             self._block_b,
             self._run_b,
             *self._downloads,
+            self._route_controls(),
         ]
 
     def _query_controls(self) -> list[pn.viewable.Viewable]:
@@ -490,6 +522,43 @@ class Explorer(pn.viewable.Viewer):
     def queried(self) -> list[tuple[int, int]]:
         """The query patches (:func:`mambapanel.views.patch.queried`), on the left grid."""
         return queried(self.query, self.patch)
+
+    def _route_controls(self) -> pn.Row:
+        """Routes drawn over the patch view, and the route whose attention is shown (when
+        the run keeps them apart)."""
+        # Each button underlined in its route's colour on the patch view: the key to them.
+        underlines = "".join(
+            f".bk-btn-group > .bk-btn:nth-child({k + 1}) "
+            f"{{ border-bottom: 3px solid {colour} !important; }}"
+            for k, colour in enumerate(ROUTE_COLOURS)
+        )
+        drawn = pn.widgets.CheckButtonGroup.from_param(
+            self.param.routes,
+            name="",
+            margin=(25, 5),
+            css_classes=["mambapanel-routes"],
+            stylesheets=[underlines],
+        )
+        # A Select cannot hold None: the menu holds the URL's words (merged, or a number).
+        shown = pn.widgets.Select(label="attention of", width=110, css_classes=["mambapanel-route"])
+        shown.param.watch(lambda event: setattr(self, "route", parse_route(event.new)), "value")
+        self._routes_widgets = (drawn, shown)
+        self.param.watch(lambda _: self._show_route_controls(), "route")
+        self._show_route_controls()
+        return pn.Row(drawn, shown, margin=0)
+
+    def _show_route_controls(self) -> None:
+        def encode(route: int | None) -> str:
+            return format_route(route) or MERGED
+
+        drawn, shown = self._routes_widgets
+        drawn.visible = bool(self.param.routes.objects)
+        choices = self.param.route.objects
+        shown.param.update(
+            options={MERGED if k is None else f"route {k}": encode(k) for k in choices},
+            value=encode(self.route),
+            visible=len(choices) > 1,
+        )
 
     def _update_status(self) -> None:
         scatter = self.sides[0].scatter

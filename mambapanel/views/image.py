@@ -23,6 +23,7 @@ from mambapanel.views.patch import (
     queried,
     query_parameter,
     query_text,
+    route_parameter,
 )
 from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
@@ -114,6 +115,10 @@ class ImageView(pn.viewable.Viewer):
     scale = param.Selector(
         default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
     )
+    route = route_parameter(
+        "Route whose part of the attention from the clicked patch is shown: a run keeps it as "
+        "the mean over images only (attention_mean_by_route); None: the image's own."
+    )
     opacity = param.Number(default=0.5, bounds=(0, 1), doc="Opacity of the attention layer.")
     shown = param.Selector(
         default="patch", objects=list(MAPS.values()), doc="The map laid over the image (MAPS)."
@@ -184,9 +189,19 @@ class ImageView(pn.viewable.Viewer):
             return self.run.cls_attention(self.stage, self.block, self.image)
         if not self.queried:
             return None
+        if self.attention_of_route:
+            return self.run.query_attention(
+                self.stage, self.block, self.queried, self.direction, self.route
+            )
         return self.run.image_query_attention(
             self.stage, self.block, self.image, self.queried, self.direction
         )
+
+    @property
+    def attention_of_route(self) -> bool:
+        """Whether the map shown is one route's part of the attention of the query patches
+        (its mean over images: a run stores no image's own by route)."""
+        return self.shown == "patch" and self.route is not None
 
     def layer_values(self) -> np.ndarray | None:
         """:meth:`attention` on a grid that covers the whole image: the stage's full grid
@@ -224,7 +239,7 @@ class ImageView(pn.viewable.Viewer):
             return
         # One stream for every layer: the plot is refreshed once per change, each layer's
         # stream refreshed it (and read the map) once more.
-        changes = ["image", "block", "patch", "query", "direction", "opacity", "shown"]
+        changes = ["image", "block", "patch", "query", "direction", "opacity", "shown", "route"]
         streams = [hv.streams.Params(self, changes)]
         image = hv.DynamicMap(self._image, streams=streams)
         layers = image
@@ -247,8 +262,10 @@ class ImageView(pn.viewable.Viewer):
         elif not self.queried:
             title = f"{image_id}: pick a patch"
         else:
+            # A route's part is stored as the mean over images only: the title says so.
+            route = f", route {self.route} (mean)" if self.attention_of_route else ""
             shown = query_text(self.queried, self.direction, listed=0)
-            title = f"{image_id}: block {self.block}, {shown}"
+            title = f"{image_id}: block {self.block}{route}, {shown}"
         blank = np.full((THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), 255, dtype=np.uint8)
         thumbnail = self.problems.read("thumbnail", lambda: self.run.thumbnail(self.image), blank)
         return thumbnail_rgb(

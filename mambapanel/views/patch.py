@@ -1,7 +1,8 @@
 """The Patch view: the stage's p x p patches as an ``hv.Image``. ``selection`` display: the
 patches selected in the scatterplot red on grey; ``attention`` display: every patch coloured
-by the mean attention from (or to) the query patches (``attention_mean``), outlined: those
-selected with the box or lasso tool on the grid, or the clicked patch.
+by the mean attention from (or to) the query patches (``attention_mean``, or one route's
+part of it), outlined: those selected with the box or lasso tool on the grid, or the
+clicked patch; the run's scan routes drawn over it on request.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from mambapanel.views.style import (
 )
 
 FRAME = 250  # pixels of the longer side of a patch grid (axes and colour bar excluded)
+ROUTE_ARROWS = 64  # direction marks along a drawn route
+# Route 0 black, the others in colours that stand out on yellow to red and on grey.
+ROUTE_COLOURS = ("#000000", "#2166ac", "#7b3294", "#008837")
 UNREADABLE = (2.0, 3.0)  # the colour range of a grid of ones: all below it (positive: log)
 
 
@@ -114,6 +118,62 @@ def grid_patches(grid: tuple[int, int]) -> PointIndex:
     return PointIndex(cols, rows)
 
 
+def route_path(
+    routes: np.ndarray, route: int, full_grid: tuple[int, int], pool: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(col, row) of each step of ``route``, in the coordinates of the stored grid: the
+    centre of each full-grid patch it visits (a pooled grid's patch covers ``pool`` x
+    ``pool`` of them, so the path runs inside it).
+
+    Parameters
+    ----------
+    routes : int(K, L), the patches row-major on ``full_grid`` (``RunData.routes``)
+    """
+    rows, cols = np.divmod(routes[route], full_grid[1])
+    return (cols + 0.5) / pool - 0.5, (rows + 0.5) / pool - 0.5
+
+
+def route_overlay(
+    routes: np.ndarray | None, drawn: list[int], full_grid: tuple[int, int], pool: int
+) -> hv.Overlay:
+    """The ``drawn`` routes as paths over a patch grid, each with its direction: a circle at
+    its first patch, a square at its last, and triangles along it pointing the way it runs
+    (about :data:`ROUTE_ARROWS` of them)."""
+    layers = []
+    for route in [] if routes is None else [k for k in drawn if 0 <= k < len(routes)]:
+        cols, rows = route_path(routes, route, full_grid, pool)
+        colour = ROUTE_COLOURS[route % len(ROUTE_COLOURS)]
+        every = max(1, len(cols) // ROUTE_ARROWS)
+        middle = np.arange(0, len(cols) - 1, every)
+        # In degrees (HoloViews turns them into Bokeh's radians), anticlockwise from a
+        # triangle's tip pointing up the screen; rows run down the screen.
+        step_cols, step_rows = cols[middle + 1] - cols[middle], rows[middle + 1] - rows[middle]
+        angle = np.degrees(np.arctan2(-step_cols, -step_rows))
+        arrows = {
+            "col": (cols[middle] + cols[middle + 1]) / 2,
+            "row": (rows[middle] + rows[middle + 1]) / 2,
+            "angle": angle,
+        }
+        layers += [
+            hv.Path([(cols, rows)], ["col", "row"]).opts(color=colour, line_width=1.5, alpha=0.8),
+            hv.Points(arrows, ["col", "row"], ["angle"]).opts(
+                marker="triangle", angle=hv.dim("angle"), size=7, color=colour, tools=[]
+            ),
+            hv.Points(([cols[0]], [rows[0]]), ["col", "row"]).opts(
+                marker="circle", size=10, color=colour, line_color="white", tools=[]
+            ),
+            hv.Points(([cols[-1]], [rows[-1]]), ["col", "row"]).opts(
+                marker="square", size=9, color=colour, line_color="white", tools=[]
+            ),
+        ]
+    return hv.Overlay(layers)
+
+
+def route_parameter(doc: str) -> param.Integer:
+    """A view's ``route`` parameter: a route's index, or None for every route merged."""
+    return param.Integer(default=None, allow_None=True, bounds=(0, None), doc=doc)
+
+
 def patch_at(grid: tuple[int, int], x: float | None, y: float | None) -> Patch | None:
     """The patch (row, col) under a tap at (col, row) = (x, y) on a grid (height, width),
     or None outside it."""
@@ -161,6 +221,13 @@ class PatchView(pn.viewable.Viewer):
     scale = param.Selector(
         default="strength", objects=list(SCALES), doc="Colour scale of attention (style.SCALES)."
     )
+    routes = param.List(
+        default=[], item_type=int, doc="Scan routes drawn over the grid (route_overlay)."
+    )
+    route = route_parameter(
+        "Route whose part of the attention is shown (attention_mean_by_route); None: the "
+        "merged attention of every route."
+    )
     display = param.Selector(
         default="selection",
         objects=["selection", "attention"],
@@ -206,7 +273,9 @@ class PatchView(pn.viewable.Viewer):
         (:meth:`RunData.query_attention`) as coloured on the scale
         (:func:`mambapanel.views.style.scaled`), or 1 for a selected patch and 0 elsewhere."""
         if self.shows_attention:
-            mean = self.run.query_attention(self.stage, self.block, self.queried, self.direction)
+            mean = self.run.query_attention(
+                self.stage, self.block, self.queried, self.direction, self.route
+            )
             return scaled(mean, self.scale)
         values = np.zeros(self.run.grid(self.stage), dtype=np.float32)
         if self.selection:
@@ -248,7 +317,7 @@ class PatchView(pn.viewable.Viewer):
             query = list(zip(rows.tolist(), cols.tolist(), strict=True))
             self.param.update(query=query, patch=None)
 
-    @param.depends("run", "stage", "scale", "_attention", watch=True)
+    @param.depends("run", "stage", "scale", "_attention", "routes", watch=True)
     def _build(self) -> None:
         """Draw anew (a Bokeh plot keeps its grid size, colour bar and colour scale); other
         changes of block, query (clicked patch), direction and selection are written into
@@ -265,9 +334,15 @@ class PatchView(pn.viewable.Viewer):
         self.box.add_subscriber(held(self.select_bounds))
         self.lasso.add_subscriber(held(self.select_polygon))
         outlined = outline(self.queried).opts(hooks=[self._outline_plots.hook])
-        self._plot[:] = [figure_pane(grid * outlined, fit_width=True)]
+        figure = grid * outlined
+        if self.routes:
+            stage = self.stage
+            routes = self.problems.read("routes", lambda: self.run.routes(stage), None)
+            pool, full_grid = self.run.pool(stage), self.run.full_grid(stage)
+            figure = figure * route_overlay(routes, self.routes, full_grid, pool)
+        self._plot[:] = [figure_pane(figure, fit_width=True)]
 
-    @param.depends("block", "patch", "query", "direction", "selection", watch=True)
+    @param.depends("block", "patch", "query", "direction", "selection", "route", watch=True)
     def _redraw(self) -> None:
         self._grid_plots.redraw()
         self._outline_plots.redraw()
@@ -276,7 +351,8 @@ class PatchView(pn.viewable.Viewer):
         """What the grid shows: values (see :meth:`values`), title and colour range."""
         if self.shows_attention:
             shown = query_text(self.queried, self.direction, listed=0)
-            title = f"block {self.block}: attention {shown}"
+            part = "" if self.route is None else f", route {self.route}"
+            title = f"block {self.block}{part}: attention {shown}"
             values = self.problems.read("attention", self.values, None)
             if values is None:  # the message is above the grid
                 # A blank grid: every value below the colour range (white, see _grid). Not

@@ -1,9 +1,10 @@
 """URL state: an Explorer's run, stage, block, method, patch, image, colour scale, query
-patches and their direction as plain query values
-(``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2&scale=signed&query=3,4;5,6&dir=to``),
-so that a link reproduces a view. ``block=all`` is Mode 1; an empty ``patch`` is no clicked
-patch, an empty ``query`` none; ``scale=linear`` (links made before the signed scale) is
-``strength``.
+patches and their direction, and routes as plain query values
+(``?run=cross&stage=1&block=0&method=tsne&patch=3,4&image=2&scale=signed&query=3,4;5,6&dir=to
+&routes=0,2&route=1``), so that a link reproduces a view. ``block=all`` is Mode 1; an empty
+``patch`` is no clicked patch, an empty ``query`` none; ``scale=linear`` (links made before
+the signed scale) is ``strength``; ``routes`` lists the routes drawn, ``route`` is the route
+whose attention is shown (absent or ``merged``: all of them).
 """
 
 from __future__ import annotations
@@ -50,6 +51,28 @@ def parse_direction(text: object) -> str:
     return str(text)
 
 
+MERGED = "merged"  # the attention of every route together (route None)
+
+
+def format_routes(routes: list[int]) -> str:
+    return ",".join(map(str, routes))
+
+
+def parse_routes(text: object) -> list[int]:
+    """``"0,2"`` as [0, 2]; ``""`` as []. Raises ValueError otherwise."""
+    return [int(part) for part in str(text or "").split(",") if part != ""]
+
+
+def format_route(route: int | None) -> str:
+    """A route as the URL holds it; merged (None) is left out, as most runs have no other."""
+    return "" if route is None else str(route)
+
+
+def parse_route(text: object) -> int | None:
+    """``""`` or ``merged`` as None, a number as that route. Raises ValueError otherwise."""
+    return None if str(text or MERGED) == MERGED else int(str(text))
+
+
 def parse_scale(text: object) -> str:
     """A colour scale's name; an earlier name as its successor (``linear``: ``strength``)."""
     return OLD_SCALES.get(str(text), str(text))
@@ -76,7 +99,19 @@ class UrlState(param.Parameterized):
     :meth:`apply` checks them against the runs, in dependency order (a run's stages, a
     stage's blocks and methods, its grid for the patch)."""
 
-    FIELDS = ("run", "stage", "block", "method", "patch", "image", "scale", "query", "dir")
+    FIELDS = (
+        "run",
+        "stage",
+        "block",
+        "method",
+        "patch",
+        "image",
+        "scale",
+        "query",
+        "dir",
+        "routes",
+        "route",
+    )
 
     run = param.Parameter(doc="Name of the run.")
     stage = param.Parameter(doc="Stage number.")
@@ -87,6 +122,8 @@ class UrlState(param.Parameterized):
     scale = param.Parameter(doc="Colour scale: strength, signed or log (linear: strength).")
     query = param.Parameter(doc="The query patches as 'row,col;row,col', or '' for none.")
     dir = param.Parameter(doc="The query's attention: from (rows) or to (columns).")
+    routes = param.Parameter(doc="The routes drawn over the patch view as '0,2', '' for none.")
+    route = param.Parameter(doc="The route whose attention is shown; '' or 'merged': all.")
     problems = param.List(default=[], item_type=str, doc="Values of the last URL not applied.")
 
     def __init__(self, **params: Any) -> None:
@@ -121,6 +158,8 @@ class UrlState(param.Parameterized):
                 scale=explorer.scale,
                 query=format_patches(explorer.query),
                 dir=explorer.direction,
+                routes=format_routes(explorer.routes),
+                route=format_route(explorer.route),
             )
         finally:
             self._busy = False
@@ -144,6 +183,8 @@ class UrlState(param.Parameterized):
                 ("scale", parse_scale),
                 ("query", parse_patches),  # after patch: a query replaces the clicked patch
                 ("dir", parse_direction),
+                ("routes", parse_routes),
+                ("route", parse_route),
             ):
                 problem = self._set(explorer, name, getattr(self, name), parse)
                 if problem:
@@ -166,7 +207,12 @@ class UrlState(param.Parameterized):
                     if not (0 <= row < height and 0 <= col < width):
                         where = "" if name == "patch" else f"({row}, {col}) "
                         raise ValueError(f"{where}outside the {height}x{width} grid")
+            if name == "route" and value is not None and value not in explorer.param.route.objects:
+                run = explorer.data
+                if not run.by_route:  # the store's words: why, and what to do
+                    run.check_route(explorer.stage, value)
+                raise ValueError(f"the run has routes {explorer.param.route.objects[1:]}")
             setattr(explorer, EXPLORER_NAMES.get(name, name), value)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError) as err:  # a RunError is a ValueError
             return f"{name}={text} ignored ({err})"
         return None

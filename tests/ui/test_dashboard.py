@@ -38,7 +38,8 @@ FIGURE_JS = """(name, index = 0) => {
   const canvas = view.canvas_view.el.getBoundingClientRect();
   const frame = view.frame.bbox;
   const image = view.model.renderers.find((r) => r.glyph && r.glyph.type === "Image");
-  const scatter = view.model.renderers.find((r) => r.glyph && r.glyph.type === "Scatter");
+  const scatter = view.model.renderers.find(  // not the markers of a drawn route
+    (r) => r.glyph && r.glyph.type === "Scatter" && r.data_source.data.x);
   return {
     left: canvas.left + frame.left, top: canvas.top + frame.top,
     width: frame.width, height: frame.height,
