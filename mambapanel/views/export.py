@@ -140,18 +140,19 @@ def side_figures(
     # The query's attention and the colour scale are named where attention is drawn.
     query = query_text(patches.queried, patches.direction) if patches.queried else ""
     scale = f" · {SCALE_LABELS[patches.scale]}"
-    patch_shows = f" {query}{scale}" if patches.shows_attention else ""
-    image_shows = f", {query}{scale}" if image.block is not None and image.queried else ""
     # A route's part of the attention, where one is shown (the image view: its image mean).
     patch_route = "" if patches.route is None else f" · route {patches.route}"
     image_route = f" · route {image.route} (mean)" if image.attention_of_route else ""
+    patch_shows = f" {query}{patch_route}{scale}" if patches.shows_attention else ""
+    image_shown = image.block is not None and image.queried
+    image_shows = f", {query}{image_route}{scale}" if image_shown else ""
     return [
         (
             f"{run.name} · stage {scatter.stage} · {where} · {scatter.method}",
             scatter_figure(scatter),
         ),
-        (f"patches: {patches.display}{patch_route}{patch_shows}", patch_figure(patches)),
-        (f"{run.image_ids[image.image]}{image_route}{image_shows}", image_figure(image)),
+        (f"patches: {patches.display}{patch_shows}", patch_figure(patches)),
+        (f"{run.image_ids[image.image]}{image_shows}", image_figure(image)),
     ]
 
 
