@@ -335,6 +335,15 @@ class RunData:
         row = self._read(group, "attention_mean", ("key",), block=block, query=query)
         return row.reshape(self.grid(stage))
 
+    def attention_rows(self, stage: int, patch: Patch) -> np.ndarray:
+        """``attention_mean`` from ``patch`` in every block, f32(block, height, width): one
+        read of the store, whose chunks zarr fetches together (:meth:`attention_row` of
+        each block, faster)."""
+        query = self.patch_index(stage, patch)
+        group = self._stage_group(stage)
+        rows = self._read(group, "attention_mean", ("block", "key"), query=query)
+        return rows.reshape(-1, *self.grid(stage))
+
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
         """One image's ``attention`` from ``patch`` to every patch, f32(height, width).
 

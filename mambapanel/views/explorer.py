@@ -145,6 +145,9 @@ class Explorer(pn.viewable.Viewer):
                     findings[:] = [pn.pane.Alert(message, alert_type="danger")]
 
         tabs.param.watch(open_findings, "active")
+        from mambapanel.views.overview import overview_tab  # here: it imports this module
+
+        tabs.append(("Overview", overview_tab(self, tabs)))
         return pn.Column(
             pn.pane.HTML("<h3>mambapanel: hidden attention of vision Mamba models</h3>"), tabs
         )
