@@ -9,6 +9,7 @@ import numpy as np
 import panel as pn
 import pytest
 from bokeh.document import Document
+from bokeh.events import Tap
 from panel.io.state import set_curdoc
 
 from mambapanel.store import open_run, stage_group
@@ -139,3 +140,20 @@ def test_the_overview_follows_the_explorer(explorer):
     explorer.param.update(scale="log", method="tsne")
     assert overview.blocks.scale == "log" and "log |α|" in overview.blocks.heading(1)
     assert overview.stages.figures[1].title.text.endswith("tsne")
+
+
+def test_the_overview_tab_is_drawn_when_first_opened_and_a_tap_opens_a_stage(explorer):
+    tabs = explorer.__panel__()[1]
+    assert tabs._names[2] == "Overview"
+    assert "Drawing the overviews" in tabs[2][0].object  # nothing drawn yet
+    tabs.active = 2
+    drawn = tabs[2][0]
+    figures = {pane.object.name: pane.object for pane in drawn.select(pn.pane.Bokeh)}
+    assert sorted(figures) == [
+        "block-overview-1", "block-overview-2", "stage-overview-1", "stage-overview-2",
+    ]  # fmt: skip
+    stage_2 = figures["stage-overview-2"]
+    stage_2._trigger_event(Tap(stage_2, x=0.0, y=0.0))  # a click anywhere in it
+    assert tabs.active == 0 and (explorer.stage, explorer.block) == (2, None)
+    tabs.active = 2
+    assert tabs[2][0] is drawn  # drawn once

@@ -10,6 +10,7 @@ a dozen small figures cannot afford; what a figure shows is written into its dat
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from html import escape
 
 import numpy as np
@@ -19,6 +20,7 @@ from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, FixedTicker, LinearColorMapper
 from bokeh.plotting import figure
 from bokeh.transform import transform
+from panel.io.state import set_curdoc
 
 from mambapanel.store import RunError
 from mambapanel.views.data import Patch, RunData
@@ -73,12 +75,14 @@ def small_figure(
 
 
 def on_tap(fig: figure, callback: Callable[[float, float], None]) -> None:
-    """``callback(x, y)`` on a click in ``fig`` (data coordinates), with the page's changes
-    held and sent together."""
+    """``callback(x, y)`` on a click in ``fig`` (data coordinates), run as Panel runs its own
+    callbacks: on a served page, scheduled on the session's event loop with Panel's state
+    set. Run inside Bokeh's handling of the event, or held (``pn.io.hold``), the changes a
+    click made to the Explorer reached the page only in part, or not at all (Chromium)."""
 
     def tapped(event: Tap) -> None:
-        with pn.io.hold(fig.document):
-            callback(event.x, event.y)
+        with set_curdoc(fig.document):
+            pn.state.execute(partial(callback, event.x, event.y), schedule=True)
 
     fig.on_event(Tap, tapped)
 
@@ -474,7 +478,8 @@ def overview_tab(explorer: Explorer, tabs: pn.Tabs) -> pn.Column:
     content = pn.Column(pn.pane.HTML("<p>Drawing the overviews ...</p>"))
 
     def open_tab(event: param.parameterized.Event) -> None:
-        if tabs.objects[event.new] is content and not isinstance(content[0], Overview):
+        # A pane in the column is a drawing of the Overview, not the Overview: hence the note.
+        if tabs.objects[event.new] is content and isinstance(content[0], pn.pane.HTML):
             content[:] = [Overview(explorer, show=lambda: setattr(tabs, "active", 0))]
 
     tabs.param.watch(open_tab, "active")
