@@ -336,9 +336,9 @@ class RunData:
         return row.reshape(self.grid(stage))
 
     def attention_rows(self, stage: int, patch: Patch) -> np.ndarray:
-        """``attention_mean`` from ``patch`` in every block, f32(block, height, width): one
-        read of the store, whose chunks zarr fetches together (:meth:`attention_row` of
-        each block, faster)."""
+        """``attention_mean`` from ``patch`` in every block, f32(block, height, width), in one
+        read of the store whose chunks zarr fetches together (faster than
+        :meth:`attention_row` block by block)."""
         query = self.patch_index(stage, patch)
         group = self._stage_group(stage)
         rows = self._read(group, "attention_mean", ("block", "key"), query=query)

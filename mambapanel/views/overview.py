@@ -472,6 +472,13 @@ class Overview(pn.viewable.Viewer):
         self.show()
 
 
+def show_first(tabs: pn.Tabs) -> None:
+    """Show the first tab of ``tabs``, on a served page in a callback of its own: set in the
+    callback of a click, after the page had switched to the Overview tab itself, the switch
+    back did not reach Chromium (the Explorer's changes did)."""
+    pn.state.execute(lambda: setattr(tabs, "active", 0), schedule=True)
+
+
 def overview_tab(explorer: Explorer, tabs: pn.Tabs) -> pn.Column:
     """The content of an Overview tab of ``tabs``: a note until the tab is first opened, then
     the :class:`Overview` of ``explorer``, whose clicks show the first tab (Explore)."""
@@ -480,7 +487,7 @@ def overview_tab(explorer: Explorer, tabs: pn.Tabs) -> pn.Column:
     def open_tab(event: param.parameterized.Event) -> None:
         # A pane in the column is a drawing of the Overview, not the Overview: hence the note.
         if tabs.objects[event.new] is content and isinstance(content[0], pn.pane.HTML):
-            content[:] = [Overview(explorer, show=lambda: setattr(tabs, "active", 0))]
+            content[:] = [Overview(explorer, show=partial(show_first, tabs))]
 
     tabs.param.watch(open_tab, "active")
     return content

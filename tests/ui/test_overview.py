@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 from served import ARTIFACTS, Server
-from test_dashboard import figure, status, to_page
+from test_dashboard import open_explorer, status, to_page
 
 from mambapanel.views.data import RunData
 from mambapanel.views.overview import BlockOverview
@@ -73,9 +73,7 @@ def open_overview(page: Page) -> dict[str, dict]:
 def test_the_overview_draws_every_stage_and_block_and_a_click_opens_it(
     page: Page, explorer_server: Server, small_run: Path
 ) -> None:
-    page.set_viewport_size({"width": 1400, "height": 1100})
-    page.goto(f"{explorer_server.url}?stage=1&block=0&patch=2,5")
-    figure(page, "patch-view")
+    open_explorer(page, explorer_server, "stage=1&block=0&patch=2,5")
     shown = open_overview(page)
     page.screenshot(path=ARTIFACTS / "overview-small-run.png", full_page=True)
     run = RunData(small_run)
