@@ -20,7 +20,15 @@
    as dashboards/explorer.py did before ``mambapanel.views.serve``: the page is then sent
    only after the imports and the build, and the browser loads Bokeh's JavaScript after
    that instead of meanwhile. The ratio of 5 to 3 is printed;
-6. ``--sessions N`` (instead of 1-5): N users at once on one server of the six demo runs,
+6. the Overview tab (:mod:`mambapanel.views.overview`) of a served run of 4 stages x 8 blocks
+   x 250 images (2,000 Mode 1 points per stage; stage 0 56 x 56): from the click on the tab
+   to its figures drawn in headless Chromium, the stage overview's with their 2,000 points
+   each (and the block overview's 32 maps beside them) (target <= 1 s); and the server's
+   CPU seconds to build and render the tab, the part of it that a loaded machine stretches;
+7. the block overview's update for a new patch, 8 blocks at p² = 3,136 (stage 0 of that run)
+   and the same image location in the 3 other stages: server time from the new patch to the
+   maps' Bokeh models updated, the rows read from the store (target <= 300 ms);
+8. ``--sessions N`` (instead of 1-7): N users at once on one server of the six demo runs,
    each in a browser context of its own: load (first render: page request to the three
    figures drawn), click a patch at once (did it land on the patch aimed at?), change
    stage, close; ``--rounds`` times. Per round: how many were drawn, the median and the
@@ -31,14 +39,17 @@
 
     python benchmarks/bench_dashboard.py                  # builds a stage-0 run (~30 s)
     python benchmarks/bench_dashboard.py --run runs/NAME  # any run with a 56x56 stage 0
+    python benchmarks/bench_dashboard.py --overview-run runs/overview  # kept from an earlier
     python benchmarks/bench_dashboard.py --sessions 10    # builds the demo runs (~4 min)
     python benchmarks/bench_dashboard.py --sessions 10 --demo-runs demo-runs
 
 The events are fired in this process on an Explorer rendered into a Bokeh document (as a
 served session does; the stream callbacks hold it as they do there); not timed are the
-websocket and the browser's drawing. The machine's load average is printed with each
+websocket and the browser's drawing (in 1, 2 and 7). The machine's load average is printed with each
 figure: on a shared machine, compare figures taken at similar load. In 6 the browsers run
-on the server's machine and share its cores with it.
+on the server's machine and share its cores with it. The run of 6 and 7 is made by the
+store's own functions from synthetic attention (:func:`overview_run`, ~1 min): no model
+here has 8 blocks at 56 x 56.
 """
 
 from __future__ import annotations
@@ -65,8 +76,11 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from compute.demo import DEMO_MODELS
+from mambapanel import store
+from mambapanel.reduce import reduce_run
 from mambapanel.views import Explorer, RunData
 from mambapanel.views.data import Embedding, SharedReads
+from mambapanel.views.overview import Overview
 from mambapanel.views.patch import PatchView
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +98,14 @@ PATCH_VIEW_JS = """() => {
 }"""
 SCATTER_TITLE_JS = """() => [...Bokeh.index.all_views()].find(
   (v) => v.model.name === "scatterplot").model.title.text"""
+# The Overview tab's stage overview, drawn: one figure per stage with all its points.
+STAGES_DRAWN_JS = """([stages, points]) => window.Bokeh !== undefined && stages.every((stage) =>
+  [...Bokeh.index.all_views()].some((v) => v.model.name === `stage-overview-${stage}`
+    && v.frame.bbox.width > 0 && v.model.renderers.some(
+      (r) => r.data_source && r.data_source.data.x && r.data_source.data.x.length === points)))"""
+# The run of the overview figures: stages of 8 blocks, 250 images (2,000 Mode 1 points each).
+OVERVIEW_GRIDS = (56, 28, 14, 7)
+OVERVIEW_BLOCKS, OVERVIEW_IMAGES = 8, 250
 # The demo runs of --sessions: the six VMamba ones, as in the load test of issue 10.
 VMAMBA_DEMOS = [name for name, (model, _) in DEMO_MODELS.items() if model.startswith("vmamba")]
 RENDER_TIMEOUT_MS = 120_000  # a page not drawn by then counts as not drawn
@@ -165,6 +187,104 @@ def demo_runs(workdir: Path) -> Path:
     command = ["demo", "--no-serve", "--runs", str(runs), "--models", ",".join(VMAMBA_DEMOS)]
     subprocess.run([sys.executable, "-m", "compute", *command], check=True, cwd=ROOT)
     return runs
+
+
+def overview_run(workdir: Path) -> Path:
+    """A run of 4 stages (grids 56, 28, 14, 7) x 8 blocks x 250 images, written by the store's
+    own functions: the mean attention of each block decays with the distance along its own
+    route (row-major or column-major, a decay per block), each image keeps a sketch near its
+    block's centre, and ``reduce`` adds the PCA embeddings (2,000 Mode 1 points per stage)."""
+    run = workdir / "overview"
+    layouts = [store.StageLayout(stage, OVERVIEW_BLOCKS, (side, side)) for stage, side in
+               enumerate(OVERVIEW_GRIDS)]  # fmt: skip
+    images = [(f"image{index:03d}.png", "") for index in range(OVERVIEW_IMAGES)]
+    attrs = {"model": "synthetic", "order": "cross", "keep": "sketch", "keep_images": 0,
+             "sketch_dim": 64, "sketch_seed": 0}  # fmt: skip
+    store.create_run(
+        run, images=images, layouts=layouts, dtype="float16", shard_size=OVERVIEW_IMAGES,
+        attrs=attrs,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    thumbnails = np.zeros((OVERVIEW_IMAGES, 64, 64, 3), np.uint8)
+    for layout in layouts:
+        side = layout.grid[0]
+        row, col = np.divmod(np.arange(side * side), side)
+        sums = np.empty((OVERVIEW_BLOCKS, side * side, side * side))
+        for block in range(OVERVIEW_BLOCKS):
+            step = row * side + col if block % 2 == 0 else col * side + row
+            lag = (step[:, None] - step[None, :]).astype(np.float64)
+            decay = np.exp(-np.abs(lag) / (1 + block) / side * 4)
+            sums[block] = OVERVIEW_IMAGES * np.where(lag >= 0, decay, -0.1 * decay)
+        centres = rng.normal(scale=6.0, size=(OVERVIEW_BLOCKS, 64))
+        sketches = centres + rng.normal(size=(OVERVIEW_IMAGES, OVERVIEW_BLOCKS, 64))
+        store.write_shard(
+            run, 0, thumbnails, {layout.stage: sums}, {layout.stage: sketches.astype(np.float32)}
+        )
+        del sums
+    store.finalise(run)
+    reduce_run(run, methods=("pca",), progress=False)
+    return run
+
+
+def overview_first_draw(run: Path) -> float:
+    """Seconds from a click on the Overview tab of a served page of ``run`` to the stage
+    overview drawn with all its points (and the block overview built with it)."""
+    data = RunData(run)
+    points = len(data.image_ids) * data.n_blocks(0)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        port = free_port()
+        server = start_server(ROOT / "dashboards/explorer.py", [run], port)
+        try:
+            page.goto(f"http://127.0.0.1:{port}/explorer?stage=0&block=0", timeout=60_000)
+            page.wait_for_function(DRAWN_JS, timeout=60_000, polling=20)
+            page.wait_for_timeout(1000)  # the page settled: nothing else is being drawn
+            started = time.perf_counter()
+            page.locator(".bk-tab", has_text="Overview").click()
+            page.wait_for_function(
+                STAGES_DRAWN_JS, arg=[data.stages, points], timeout=60_000, polling=20
+            )
+            return time.perf_counter() - started
+        finally:
+            server.terminate()
+            server.wait()
+            browser.close()
+
+
+def overview_build_seconds(run: Path, repeats: int) -> list[float]:
+    """CPU seconds of the server to build and render the Overview tab of stage 0 (reads,
+    figures, Bokeh models): what a click on the tab costs the server, apart from the load."""
+    explorer = Explorer(run, stage=0, block=0)
+    seconds = []
+    for repeat in range(repeats + 1):  # one warm-up: the embeddings read once per process
+        started = time.process_time()
+        pn.panel(Overview(explorer)).get_root(Document())
+        if repeat >= 1:
+            seconds.append(time.process_time() - started)
+    return seconds
+
+
+def block_overview_times(run: Path, repeats: int, seed: int = 0) -> list[float]:
+    """Seconds per new patch of the block overview of stage 0 (its blocks, and the same image
+    location in the other stages): random patches, rows read from the store, every map's
+    Bokeh models written."""
+    explorer = Explorer(run, stage=0, block=0)
+    overview = Overview(explorer)
+    document = Document()
+    document.add_root(pn.panel(overview).get_root(document))
+    grid = explorer.data.grid(0)
+    rng = np.random.default_rng(seed)
+    times = []
+    with set_curdoc(document):
+        for repeat in range(repeats + 2):  # two warm-ups
+            patch = (int(rng.integers(grid[0])), int(rng.integers(grid[1])))
+            started = time.perf_counter()
+            with pn.io.hold(document):
+                overview.blocks.patch = patch
+            if repeat >= 2:
+                times.append(time.perf_counter() - started)
+    return times
 
 
 def lasso_times(explorer: Explorer, repeats: int, seed: int = 0) -> list[float]:
@@ -387,7 +507,10 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a run with a 56x56 stage 0 (default: build)")
     parser.add_argument("--repeat", type=int, default=20, help="lasso events per case")
     parser.add_argument("--renders", type=int, default=3, help="served first renders per case")
-    parser.add_argument("--sessions", type=int, help="users at once (6 only; see above)")
+    parser.add_argument(
+        "--overview-run", type=Path, help="the run of 6 and 7 (default: build, see above)"
+    )
+    parser.add_argument("--sessions", type=int, help="users at once (8 only; see above)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of --sessions users")
     parser.add_argument(
         "--demo-runs", type=Path, help="runs of `python -m compute demo` (default: build the six)"
@@ -454,6 +577,26 @@ def main() -> None:
             times["1 run"]
         )
         print(f"first render, built in the script / served: {ratio:.2f}x", flush=True)
+        overview = args.overview_run or overview_run(Path(workdir))
+        report(
+            f"Overview tab -> stage overview drawn ({len(OVERVIEW_GRIDS)} stages x "
+            f"{OVERVIEW_BLOCKS * OVERVIEW_IMAGES:,} points)",
+            [overview_first_draw(overview) for _ in range(args.renders)],
+            1.0,
+            unit="s",
+        )
+        report(
+            "Overview tab, server CPU to build and render it",
+            overview_build_seconds(overview, args.renders),
+            1.0,
+            unit="s",
+        )
+        report(
+            f"block overview, new patch: {OVERVIEW_BLOCKS} blocks at p² = "
+            f"{OVERVIEW_GRIDS[0] ** 2:,} (+ {len(OVERVIEW_GRIDS) - 1} stages at the location)",
+            block_overview_times(overview, args.repeat),
+            0.3,
+        )
 
 
 if __name__ == "__main__":

@@ -606,7 +606,7 @@ def test_the_findings_tab_reads_the_findings_when_first_opened(small_run, tmp_pa
     report([run], tmp_path / "report")
     layout = Explorer(run).__panel__()
     tabs = layout[1]
-    assert tabs._names == ["Explore", "Findings"]
+    assert tabs._names == ["Explore", "Findings", "Overview"]
     assert "Reading the stored findings" in tabs[1][0].object  # nothing read yet
     tabs.active = 1
     shown = tabs[1][0]

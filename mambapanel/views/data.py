@@ -462,6 +462,15 @@ class RunData:
                 f"run {self.name} has {len(routes)} routes at stage {stage}; no route {route}"
             )
 
+    def attention_rows(self, stage: int, patch: Patch) -> np.ndarray:
+        """``attention_mean`` from ``patch`` in every block, f32(block, height, width), in one
+        read of the store whose chunks zarr fetches together (faster than
+        :meth:`attention_row` block by block)."""
+        query = self.patch_index(stage, patch)
+        group = self._stage_group(stage)
+        rows = self._read(group, "attention_mean", ("block", "key"), query=query)
+        return rows.reshape(-1, *self.grid(stage))
+
     def image_attention_row(self, stage: int, block: int, image: int, patch: Patch) -> np.ndarray:
         """One image's ``attention`` from ``patch`` to every patch, f32(height, width).
 

@@ -229,6 +229,9 @@ class Explorer(pn.viewable.Viewer):
                     findings[:] = [pn.pane.Alert(message, alert_type="danger")]
 
         tabs.param.watch(open_findings, "active")
+        from mambapanel.views.overview import overview_tab  # here: it imports this module
+
+        tabs.append(("Overview", overview_tab(self, tabs)))
         return tabs
 
     def _repr_mimebundle_(self, include=None, exclude=None):
