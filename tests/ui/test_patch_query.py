@@ -87,6 +87,7 @@ def test_a_box_on_the_patch_grid_shows_the_mean_attention_from_and_to_its_patche
     check_grid(page, grid, mean["from"], "from", artifacts)
 
     page.locator(".mambapanel-direction").get_by_role("button", name="to").click()
+    page.mouse.move(1, 1)  # away: the switch's tooltip would lie over the patch grid
     grid = wait_for_figure(
         page, "patch-view", lambda shown: shown["title"].endswith("to 12 patches (mean)"),
         "the patch view should show the mean attention to the boxed patches",
