@@ -37,6 +37,13 @@ from mambapanel.views.url import MERGED, UrlState, format_route, owns_url, parse
 from mambapanel.views.widgets import image_chooser, linked_menu
 
 COMPARE = {"no comparison": "none", "two blocks": "blocks", "two runs": "runs"}
+# The tabs' size as the template's stylesheets draw it, given in the page: a busy server sends
+# those after the browser has drawn the figures, and taller tabs then moved every figure (see
+# style.BUTTON_HEIGHT).
+TABS_CSS = (
+    ".bk-header { height: 36px !important; box-sizing: border-box !important; }"
+    ".bk-tab { padding: 8px 16px; border-width: 1px 1px 0 !important; }"
+)
 # How each view of a side shares the side's width: (grow, basis px, max px). Views wrap onto a
 # new line where their bases do not fit side by side (the image view first, then the patch
 # view); the scatterplot, the study's main view, takes the largest share.
@@ -215,7 +222,12 @@ class Explorer(pn.viewable.Viewer):
         )
         # The findings of every run are read only when their tab is first opened.
         findings = pn.Column(pn.pane.HTML("<p>Reading the stored findings ...</p>"))
-        tabs = pn.Tabs(("Explore", explore), ("Findings", findings), sizing_mode="stretch_width")
+        tabs = pn.Tabs(
+            ("Explore", explore),
+            ("Findings", findings),
+            sizing_mode="stretch_width",
+            stylesheets=[TABS_CSS],
+        )
 
         def open_findings(event: param.parameterized.Event) -> None:
             if event.new == 1 and len(findings) == 1 and isinstance(findings[0], pn.pane.HTML):
@@ -406,7 +418,7 @@ class Explorer(pn.viewable.Viewer):
                     else ""
                 )
                 side.caption.object = (
-                    f"<p><b>{escape(run.name)}</b> ({escape(run.order)}) · {where}{located}</p>"
+                    f"<div><b>{escape(run.name)}</b> ({escape(run.order)}) · {where}{located}</div>"
                 )
         finally:
             self._linking = False

@@ -27,8 +27,10 @@ from mambapanel.views.patch import (
 )
 from mambapanel.views.problems import Problems
 from mambapanel.views.style import (
+    MENU_HEIGHT,
     SCALE_LABELS,
     SCALES,
+    SLIDER_HEIGHT,
     attention_cmap,
     colour_limits,
     figure_pane,
@@ -133,10 +135,13 @@ class ImageView(pn.viewable.Viewer):
         self.tap: hv.streams.Tap | None = None
         self.problems = Problems()
         self._plot = pn.Column(sizing_mode="stretch_width")
+        # Heights given, as style.BUTTON_HEIGHT says why: these two are above the figure.
         self._opacity = pn.widgets.FloatSlider.from_param(
-            self.param.opacity, label="attention opacity", width=FRAME
+            self.param.opacity, label="attention opacity", width=FRAME, height=SLIDER_HEIGHT
         )
-        self._maps = pn.widgets.Select(label="map", width=FRAME, css_classes=["mambapanel-map"])
+        self._maps = pn.widgets.Select(
+            label="map", width=FRAME, height=MENU_HEIGHT, css_classes=["mambapanel-map"]
+        )
         self._maps.param.watch(lambda event: setattr(self, "shown", event.new), "value")
         self.faithfulness = pn.pane.HTML(
             width=FRAME, visible=False, css_classes=["mambapanel-faithfulness"]

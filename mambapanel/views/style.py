@@ -36,6 +36,8 @@ OLD_SCALES = {"linear": "strength"}
 # button that grew when they came moved every figure below it (the patch view by a third of
 # a patch row, enough for a click to land on the wrong patch).
 BUTTON_HEIGHT = 31
+MENU_HEIGHT = 54  # a labelled menu (Select), likewise
+SLIDER_HEIGHT = 37  # a labelled slider, likewise
 
 
 def block_colours(n_blocks: int) -> list[str]:
