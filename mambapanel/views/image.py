@@ -254,7 +254,10 @@ class ImageView(pn.viewable.Viewer):
         self.tap = hv.streams.Tap(source=image)
         self.tap.add_subscriber(held(self.select))
         outlines = hv.DynamicMap(lambda **_: outline(self.queried), streams=streams)
-        self._plot[:] = [figure_pane(layers * outlines, fit_width=True)]
+        # The overlay's hook runs last on every update: an element's hook runs before the
+        # overlay's own options make the figure fixed-size again (it then collapsed to 0).
+        overlay = (layers * outlines).opts(hooks=[named("image-view", fit=True)])
+        self._plot[:] = [figure_pane(overlay, fit_width=True)]
 
     def _image(self, **_: object) -> hv.RGB:
         image_id = self.run.image_ids[self.image]

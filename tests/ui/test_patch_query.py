@@ -93,9 +93,13 @@ def test_a_box_on_the_patch_grid_shows_the_mean_attention_from_and_to_its_patche
         "the patch view should show the mean attention to the boxed patches",
     )  # fmt: skip
     expect(status(page)).to_contain_text("Attention: to 12 patches (mean)", timeout=TIMEOUT_MS)
+    # Updated in place, the image view keeps a real, square frame (an update used to make
+    # its figure fixed-size again, and its frame collapsed to a width of 0).
     wait_for_figure(
-        page, "image-view", lambda shown: shown["title"].endswith("to 12 patches (mean)"),
-        "the image view should follow the direction",
+        page, "image-view",
+        lambda shown: shown["title"].endswith("to 12 patches (mean)")
+        and shown["width"] > 100 and abs(shown["width"] - shown["height"]) <= 2,
+        "the image view should follow the direction at its size",
     )  # fmt: skip
     check_grid(page, grid, mean["to"], "to", artifacts)
 
