@@ -530,7 +530,7 @@ def test_explorer_of_three_runs_opens_each_when_shown_and_switches(three_runs, s
         explorer.run = name
         explorer.patch = (3, 4)
         side = explorer.sides[0]
-        assert side.caption.object.startswith(f"<p><b>{name}</b> ({name})")
+        assert side.caption.object.startswith(f"<div><b>{name}</b> ({name})")
         np.testing.assert_allclose(side.scatter.points.x, points.x * scale, rtol=1e-6)
         np.testing.assert_allclose(
             side.patches.values(),
