@@ -67,3 +67,32 @@ from mambapanel.views.serve import served
 print(served([{str(tmp_path / "nowhere")!r}])[1].object)
 """
     assert "nowhere" in run(code)
+
+
+def test_a_message_after_its_session_ended_logs_no_traceback():
+    """Bokeh asserts that a connection still has a session when a browser's message arrives
+    (a figure resized while its page left): that record is dropped, other errors are not."""
+    import logging
+    import sys
+
+    from bokeh.server.connection import ServerConnection
+
+    from mambapanel.views.serve import SESSION_GONE
+
+    connection = ServerConnection.__new__(ServerConnection)
+    connection._session = None
+    try:
+        connection.session  # noqa: B018 -- the property raises
+    except AssertionError:
+        gone = sys.exc_info()
+    try:
+        raise AssertionError("something else")
+    except AssertionError:
+        other = sys.exc_info()
+
+    def record(exc_info):
+        return logging.LogRecord("bokeh", logging.ERROR, __file__, 1, "error", (), exc_info)
+
+    assert not SESSION_GONE.filter(record(gone))
+    assert SESSION_GONE.filter(record(other))
+    assert SESSION_GONE.filter(record(None))

@@ -28,6 +28,7 @@ import importlib
 import logging
 from collections.abc import Sequence
 from html import escape
+from pathlib import Path
 
 import panel as pn
 from panel.io.state import set_curdoc
@@ -97,6 +98,46 @@ def _quiet_closed_websockets(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handle)
 
 
+class _SessionGone(logging.Filter):
+    """A message that arrives from a browser after its session ended (a figure's size
+    changed while the page was leaving) is not an error either: Bokeh asserts that the
+    connection still has a session and logs the assertion with a traceback, twice (the
+    message, then the websocket's close). Those records go; the rest pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, AssertionError) and _raised_by_session_lookup(error):
+            log.debug("mambapanel: a message came after its session ended")
+            return False
+        return True
+
+
+def _raised_by_session_lookup(error: BaseException) -> bool:
+    """Whether ``error`` was raised by ``ServerConnection.session`` (bokeh/server/connection.py)."""
+    trace = error.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    if trace is None:
+        return False
+    code = trace.tb_frame.f_code
+    return code.co_name == "session" and Path(code.co_filename).parts[-3:] == (
+        "bokeh",
+        "server",
+        "connection.py",
+    )
+
+
+SESSION_GONE = _SessionGone()
+
+
+def _quiet_ended_sessions() -> None:
+    """Install :class:`_SessionGone` where Bokeh and tornado log such records (once)."""
+    for name in ("bokeh.server.protocol_handler", "tornado.application"):
+        logger = logging.getLogger(name)
+        if SESSION_GONE not in logger.filters:
+            logger.addFilter(SESSION_GONE)
+
+
 def start_imports() -> asyncio.Task | None:
     """Start the imports on the running event loop (once per process); None where no loop
     runs (a plain script, a test): the dashboard then imports them when built."""
@@ -107,6 +148,7 @@ def start_imports() -> asyncio.Task | None:
         return None
     if _imports is None or _imports.get_loop() is not loop:
         _quiet_closed_websockets(loop)
+        _quiet_ended_sessions()
         # In an empty context: the task outlives the session that starts it, and the
         # session's context holds its document (Panel's curdoc).
         _imports = loop.create_task(_import_all(), context=contextvars.Context())
