@@ -21,8 +21,10 @@
    only after the imports and the build, and the browser loads Bokeh's JavaScript after
    that instead of meanwhile. The ratio of 5 to 3 is printed;
 6. the Overview tab (:mod:`mambapanel.views.overview`) of a served run of 4 stages x 8 blocks
-   x 250 images (2,000 Mode 1 points per stage; stage 0 56 x 56): from the click on the tab
-   to its figures drawn in headless Chromium, the stage overview's with their 2,000 points
+   x 250 images (2,000 Mode 1 points per stage; stage 0 56 x 56): from the click on the tab,
+   1 s after the page is drawn (a served page draws the tab in the background once it is
+   drawn: :func:`mambapanel.views.overview.overview_tab`), to its figures drawn in headless
+   Chromium, the stage overview's with their 2,000 points
    each (and the block overview's 32 maps beside them) (target <= 1 s); and the server's
    CPU seconds to build and render the tab, the part of it that a loaded machine stretches;
 7. the block overview's update for a new patch, 8 blocks at p² = 3,136 (stage 0 of that run)
@@ -135,6 +137,7 @@ class SyntheticRun(RunData):
     order = property(lambda self: "cross")
     has_cls = property(lambda self: False)
     explanations = property(lambda self: [])
+    by_route = property(lambda self: False)
 
     def n_blocks(self, stage: int) -> int:
         return self._n_blocks
@@ -149,6 +152,9 @@ class SyntheticRun(RunData):
 
     def methods(self, stage: int) -> list[str]:
         return ["pca"]
+
+    def routes(self, stage: int) -> None:
+        return None  # no routes recorded: the Explorer offers none
 
     def inter_embedding(self, stage: int, method: str) -> Embedding:
         return self._points

@@ -9,6 +9,7 @@ a dozen small figures cannot afford; what a figure shows is written into its dat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from html import escape
@@ -37,6 +38,8 @@ from mambapanel.views.style import (
     colour_limits,
     scaled,
 )
+
+log = logging.getLogger(__name__)
 
 MULTIPLE = 190  # pixels of a stage's small multiple (its plotting area)
 MULTIPLE_SIZE = 4.0  # a point of a small multiple, screen pixels
@@ -479,15 +482,48 @@ def show_first(tabs: pn.Tabs) -> None:
     pn.state.execute(lambda: setattr(tabs, "active", 0), schedule=True)
 
 
+def when_loaded(callback: Callable[[], None]) -> bool:
+    """On a served page, run ``callback`` in a callback of its session once the browser has
+    drawn the page (Panel's ``onload``), and say True; elsewhere (a notebook, a test) do
+    nothing and say False. A failure is logged, not raised: what it would have drawn is
+    drawn on demand instead."""
+    doc = pn.state.curdoc
+    if doc is None or doc.session_context is None:
+        return False
+
+    def run() -> None:
+        if doc.session_context is None:  # the browser left meanwhile
+            return
+        with set_curdoc(doc):
+            try:
+                callback()
+            except Exception:
+                log.exception("mambapanel: drawing in the background failed")
+
+    # Scheduled, not run: where the page had loaded before this, onload runs it at once.
+    pn.state.onload(lambda: doc.add_next_tick_callback(run))
+    return True
+
+
 def overview_tab(explorer: Explorer, tabs: pn.Tabs) -> pn.Column:
-    """The content of an Overview tab of ``tabs``: a note until the tab is first opened, then
-    the :class:`Overview` of ``explorer``, whose clicks show the first tab (Explore)."""
+    """The content of an Overview tab of ``tabs``: the :class:`Overview` of ``explorer``,
+    whose clicks show the first tab (Explore). On a served page it is drawn in the hidden
+    tab once the page is drawn (:func:`when_loaded`), so that the tab shows at once when
+    opened: drawn on the click instead, the server's build and Chromium's layout of the
+    page around it took 2.2 s (benchmarks/RESULTS.md), a click on a drawn tab 0.25 s.
+    Elsewhere, and when opened before that, it is drawn when the tab is first opened; a
+    note stands in for it until then."""
     content = pn.Column(pn.pane.HTML("<p>Drawing the overviews ...</p>"))
 
-    def open_tab(event: param.parameterized.Event) -> None:
+    def draw() -> None:
         # A pane in the column is a drawing of the Overview, not the Overview: hence the note.
-        if tabs.objects[event.new] is content and isinstance(content[0], pn.pane.HTML):
+        if isinstance(content[0], pn.pane.HTML):
             content[:] = [Overview(explorer, show=partial(show_first, tabs))]
 
+    def open_tab(event: param.parameterized.Event) -> None:
+        if tabs.objects[event.new] is content:
+            draw()
+
     tabs.param.watch(open_tab, "active")
+    when_loaded(draw)
     return content

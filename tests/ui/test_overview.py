@@ -104,3 +104,22 @@ def test_the_overview_draws_every_stage_and_block_and_a_click_opens_it(
     shown_as(page, "scatterplot", "stage 1 · all blocks")
     expect(page.locator(".bk-tab.bk-active")).to_have_text("Explore", timeout=SLOW_MS)
     page.screenshot(path=ARTIFACTS / "overview-opened-stage.png", full_page=True)
+
+
+def test_the_overview_is_drawn_in_its_hidden_tab_once_the_page_is_drawn(
+    page: Page, explorer_server: Server, small_run: Path
+) -> None:
+    """Its figures are in the page before the tab is opened (drawn on the click instead, it
+    took seconds to show), and opening the tab shows them with their points."""
+    open_explorer(page, explorer_server, "stage=1&block=0")
+    page.wait_for_function(
+        """(names) => names.every((name) =>
+            [...Bokeh.index.all_views()].some((v) => v.model.name === name))""",
+        arg=NAMES,
+        timeout=SLOW_MS,
+    )
+    expect(page.locator(".bk-tab.bk-active")).to_have_text("Explore")  # never opened
+    shown = open_overview(page)
+    run = RunData(small_run)
+    for stage in run.stages:
+        assert shown[f"stage-overview-{stage}"]["points"] == len(run.image_ids) * 2
