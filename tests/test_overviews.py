@@ -142,6 +142,19 @@ def test_the_overview_follows_the_explorer(explorer):
     assert overview.stages.figures[1].title.text.endswith("tsne")
 
 
+def test_a_hidden_overview_catches_up_with_the_explorer_when_shown(explorer):
+    overview = Overview(explorer, visible=False)
+    figures = dict(overview.blocks.figures)
+    explorer.param.update(stage=2, scale="log")
+    assert overview.blocks.figures == figures  # not redrawn while hidden
+    assert (overview.blocks.stage, overview.stages.stage) == (1, 1)
+    overview.set_visible(True)
+    assert (overview.blocks.stage, overview.blocks.scale, overview.stages.stage) == (2, "log", 2)
+    assert overview.blocks.figures != figures
+    explorer.stage = 1  # shown: follows at once
+    assert overview.blocks.stage == 1
+
+
 def test_the_overview_tab_is_drawn_when_first_opened_and_a_tap_opens_a_stage(explorer):
     tabs = explorer.__panel__()[1]
     assert tabs._names[2] == "Overview"
@@ -157,3 +170,18 @@ def test_the_overview_tab_is_drawn_when_first_opened_and_a_tap_opens_a_stage(exp
     assert tabs.active == 0 and (explorer.stage, explorer.block) == (2, None)
     tabs.active = 2
     assert tabs[2][0] is drawn  # drawn once
+
+    # Hidden (the Explore tab shown), it does not follow; shown again, it does.
+    def first_block_row() -> str:  # the block overview's first heading: the stage shown
+        return next(
+            pane.object
+            for pane in drawn.select(pn.pane.HTML)
+            if "attention from patch" in pane.object
+        )
+
+    assert first_block_row().startswith("<p><b>stage 2</b>")
+    tabs.active = 0
+    explorer.stage = 1
+    assert first_block_row().startswith("<p><b>stage 2</b>")
+    tabs.active = 2
+    assert first_block_row().startswith("<p><b>stage 1</b>")

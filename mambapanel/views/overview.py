@@ -9,7 +9,6 @@ a dozen small figures cannot afford; what a figure shows is written into its dat
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from functools import partial
 from html import escape
@@ -24,6 +23,7 @@ from bokeh.transform import transform
 from panel.io.state import set_curdoc
 
 from mambapanel.store import RunError
+from mambapanel.views import background
 from mambapanel.views.data import Patch, RunData
 from mambapanel.views.explorer import Explorer, _update
 from mambapanel.views.geometry import patch_at_location
@@ -38,8 +38,6 @@ from mambapanel.views.style import (
     colour_limits,
     scaled,
 )
-
-log = logging.getLogger(__name__)
 
 MULTIPLE = 190  # pixels of a stage's small multiple (its plotting area)
 MULTIPLE_SIZE = 4.0  # a point of a small multiple, screen pixels
@@ -424,9 +422,13 @@ class Overview(pn.viewable.Viewer):
     opens its Mode 1 scatterplot, on a block map that block (Mode 2) with the patch clicked
     at the map's location; then ``show()`` (e.g. the Explore tab)."""
 
-    def __init__(self, explorer: Explorer, show: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, explorer: Explorer, show: Callable[[], None] = lambda: None, visible: bool = True
+    ) -> None:
         super().__init__()
         self.explorer, self.show = explorer, show
+        self.visible = visible  # see set_visible
+        self._stale = False  # the Explorer changed while hidden
         self.stages = StageOverview(**self._stage_values())
         self.blocks = BlockOverview(**self._block_values())
         explorer.param.watch(self._follow, ["run", "stage", "method", "patch", "scale"])
@@ -459,7 +461,19 @@ class Overview(pn.viewable.Viewer):
             run=explorer.data, stage=explorer.stage, patch=explorer.patch, scale=explorer.scale
         )
 
+    def set_visible(self, visible: bool) -> None:
+        """Whether the Overview is on screen (its tab shown). Hidden, it does not follow the
+        Explorer's changes (each new stage or scale redraws the block overview); shown, it
+        catches up with them."""
+        self.visible = visible
+        if visible and self._stale:
+            self._follow()
+
     def _follow(self, *_: param.parameterized.Event) -> None:
+        if not self.visible:
+            self._stale = True
+            return
+        self._stale = False
         _update(self.stages, self._stage_values())
         _update(self.blocks, self._block_values())
 
@@ -482,48 +496,36 @@ def show_first(tabs: pn.Tabs) -> None:
     pn.state.execute(lambda: setattr(tabs, "active", 0), schedule=True)
 
 
-def when_loaded(callback: Callable[[], None]) -> bool:
-    """On a served page, run ``callback`` in a callback of its session once the browser has
-    drawn the page (Panel's ``onload``), and say True; elsewhere (a notebook, a test) do
-    nothing and say False. A failure is logged, not raised: what it would have drawn is
-    drawn on demand instead."""
-    doc = pn.state.curdoc
-    if doc is None or doc.session_context is None:
-        return False
-
-    def run() -> None:
-        if doc.session_context is None:  # the browser left meanwhile
-            return
-        with set_curdoc(doc):
-            try:
-                callback()
-            except Exception:
-                log.exception("mambapanel: drawing in the background failed")
-
-    # Scheduled, not run: where the page had loaded before this, onload runs it at once.
-    pn.state.onload(lambda: doc.add_next_tick_callback(run))
-    return True
-
-
 def overview_tab(explorer: Explorer, tabs: pn.Tabs) -> pn.Column:
     """The content of an Overview tab of ``tabs``: the :class:`Overview` of ``explorer``,
     whose clicks show the first tab (Explore). On a served page it is drawn in the hidden
-    tab once the page is drawn (:func:`when_loaded`), so that the tab shows at once when
-    opened: drawn on the click instead, the server's build and Chromium's layout of the
-    page around it took 2.2 s (benchmarks/RESULTS.md), a click on a drawn tab 0.25 s.
-    Elsewhere, and when opened before that, it is drawn when the tab is first opened; a
-    note stands in for it until then."""
+    tab in the background (:mod:`mambapanel.views.background`: once the page is drawn and
+    the server is free), so that the tab shows at once when opened: drawn on the click
+    instead, the server's build and Chromium's layout of the page around it took 2.2 s
+    (benchmarks/RESULTS.md), a click on a drawn tab 0.25 s. Elsewhere, and when opened
+    before that, it is drawn when the tab is first opened; a note stands in for it until
+    then. While another tab is shown it does not follow the Explorer
+    (:meth:`Overview.set_visible`): drawn in every page, it would redraw its block overview
+    on every change of stage in every page."""
     content = pn.Column(pn.pane.HTML("<p>Drawing the overviews ...</p>"))
 
+    drawn: list[Overview] = []
+
+    def shown() -> bool:
+        return tabs.objects[tabs.active] is content
+
     def draw() -> None:
-        # A pane in the column is a drawing of the Overview, not the Overview: hence the note.
-        if isinstance(content[0], pn.pane.HTML):
-            content[:] = [Overview(explorer, show=partial(show_first, tabs))]
+        # A pane in the column is a drawing of the Overview, not the Overview: hence the list.
+        if not drawn:
+            drawn.append(Overview(explorer, show=partial(show_first, tabs), visible=shown()))
+            content[:] = drawn
 
-    def open_tab(event: param.parameterized.Event) -> None:
-        if tabs.objects[event.new] is content:
+    def switch_tab(_: param.parameterized.Event) -> None:
+        if shown():
             draw()
+        if drawn:
+            drawn[0].set_visible(shown())
 
-    tabs.param.watch(open_tab, "active")
-    when_loaded(draw)
+    tabs.param.watch(switch_tab, "active")
+    background.later(draw)
     return content

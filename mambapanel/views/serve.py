@@ -33,6 +33,8 @@ from pathlib import Path
 import panel as pn
 from panel.io.state import set_curdoc
 
+from mambapanel.views.background import BACKGROUND
+
 log = logging.getLogger(__name__)
 
 # What a dashboard imports beyond Panel, heaviest first; the last one brings the rest.
@@ -182,6 +184,7 @@ def served(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
     page = pn.template.BootstrapTemplate(
         title=TITLE, sidebar=[sidebar], main=[main], sidebar_width=SIDEBAR_WIDTH
     )
+    BACKGROUND.expect(doc)  # background work waits until this page is drawn
 
     def fill() -> None:  # a callback of the session: it holds the document's lock
         with set_curdoc(doc):
