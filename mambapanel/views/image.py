@@ -280,7 +280,6 @@ class ImageView(pn.viewable.Viewer):
             thumbnail,
             self.run.pool(self.stage),
             self.run.full_grid(self.stage),
-            hooks=[named("image-view", fit=True)],
             **grid_opts(title, self.run.grid(self.stage)),
         )
 
