@@ -2,11 +2,12 @@
 done when the server has nothing more pressing: one piece at a time, only while no served
 page waits for its first render, and only on a server of a few open pages (:data:`FEW`).
 
-Done at once on every page instead, ten users arriving together paid for it: the first
-renders took 38-48 s instead of 35-36 s, the server 53-65 CPU s instead of 35-45
-(``benchmarks/bench_dashboard.py --sessions 10``, benchmarks/RESULTS.md). A page counts as
-drawn once Panel's ``onload`` has run for it, which under load can come before the browser
-has drawn the views built into it afterwards: hence the limit on open pages too.
+Done at once on every page instead, ten users arriving together paid for it: the server
+used 53-65 CPU s a round instead of 30-46, for first renders no better (38-48 s against
+35-46 s; ``benchmarks/bench_dashboard.py --sessions 10``, benchmarks/RESULTS.md). A page
+counts as drawn once Panel's ``onload`` has run for it, which comes before the views are
+drawn where the browser drew the page's loading indicator before the dashboard was built
+into it (:func:`mambapanel.views.serve.served`): hence the limit on open pages too.
 
 :data:`BACKGROUND` is the process's queue: :func:`mambapanel.views.serve.served` tells it
 which pages are still to be drawn (:meth:`Background.expect`), the views give it work
