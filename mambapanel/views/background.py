@@ -40,7 +40,7 @@ def panel_onload(doc: Document, callback: Callable[[], None]) -> None:
         pn.state.onload(callback)
 
 
-def served(doc: Document | None) -> bool:
+def in_session(doc: Document | None) -> bool:
     """Whether ``doc`` is the document of a served session (not a notebook's, not None)."""
     return doc is not None and doc.session_context is not None
 
@@ -102,14 +102,14 @@ class Background:
             return
         while self._queue:
             doc, callback = self._queue.popleft()
-            if served(doc):
+            if in_session(doc):
                 self._running = doc
                 doc.add_next_tick_callback(partial(self._run, doc, callback))
                 return
 
     def _run(self, doc: Document, callback: Callable[[], None]) -> None:
         try:
-            if served(doc):
+            if in_session(doc):
                 with set_curdoc(doc):
                     callback()
         except Exception:
@@ -128,7 +128,7 @@ def later(callback: Callable[[], None]) -> bool:
     and say True; elsewhere (a notebook, a test) do nothing and say False: the caller does
     the work when it is asked for."""
     doc = pn.state.curdoc
-    if not served(doc):
+    if not in_session(doc):
         return False
     BACKGROUND.later(doc, callback)
     return True

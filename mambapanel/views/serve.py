@@ -33,7 +33,7 @@ from pathlib import Path
 import panel as pn
 from panel.io.state import set_curdoc
 
-from mambapanel.views.background import BACKGROUND
+from mambapanel.views.background import BACKGROUND, in_session
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,9 @@ def served(paths: Sequence[str], **params: object) -> pn.viewable.Viewable:
     test, a notebook) the dashboard itself."""
     paths = list(paths)  # `sys.argv` is the script's only while it runs
     doc = pn.state.curdoc
-    in_session = doc is not None and doc.session_context is not None  # not a notebook
-    imports = start_imports() if in_session else None
-    if in_session:
+    session = in_session(doc)  # not a notebook
+    imports = start_imports() if session else None
+    if session:
         # Declares the page's Panel extensions (none): without it the page also loads those
         # of every Panel model imported, Tabulator's half a megabyte of JavaScript among them.
         pn.extension()

@@ -16,6 +16,7 @@ import param
 from bokeh.document import Document
 
 from mambapanel.address import block_text, parse_block
+from mambapanel.views.background import in_session
 from mambapanel.views.data import DIRECTIONS
 from mambapanel.views.style import OLD_SCALES
 
@@ -86,7 +87,7 @@ def owns_url(doc: Document | None, wanted: bool | None = None) -> bool:
     """Whether a view shown now in ``doc`` keeps its state in the page's URL: only in a
     served session (a notebook's cell has no URL of its own), and, unless ``wanted`` says
     (True, False), only the first view to ask in that page. One that does claims the page."""
-    if wanted is False or doc is None or doc.session_context is None:
+    if wanted is False or not in_session(doc):
         return False
     if wanted is None and doc in _owned:
         return False
