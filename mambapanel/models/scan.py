@@ -84,18 +84,22 @@ def selective_scan(
     x = steps_first((delta * u)[:, :, :, None, :] * B[:, :, None, :, :])
     Cc = steps_first(C[:, :, None, :, :])
 
+    # The loops take their slabs with unbind, not indexing: the gradient of an index is a
+    # zero tensor of the whole input per step (O(T²) memory traffic in the backward pass,
+    # most of the explanations' time), unbind's is one stack.
     decay = torch.exp(dA)
     h = torch.zeros_like(x[0])  # (Bt, K, D, N, nc)
     y_local = []
-    for t in range(T):
-        h = decay[t] * h + x[t]
-        y_local.append((h * Cc[t]).sum(3))
+    for decay_t, x_t, C_t in zip(decay.unbind(0), x.unbind(0), Cc.unbind(0), strict=True):
+        h = decay_t * h + x_t
+        y_local.append((h * C_t).sum(3))
     y = torch.stack(y_local, dim=-1)  # (Bt, K, D, nc, T)
 
-    chunk_decay = decay.prod(0)  # (Bt, K, D, N, nc)
-    carried = [torch.zeros_like(h[..., 0])]  # the state entering chunk c
+    chunk_decay = decay.prod(0).unbind(-1)  # nc of (Bt, K, D, N)
+    h_end = h.unbind(-1)
+    carried = [torch.zeros_like(h_end[0])]  # the state entering chunk c
     for c in range(nc - 1):
-        carried.append(chunk_decay[..., c] * carried[-1] + h[..., c])
+        carried.append(chunk_decay[c] * carried[-1] + h_end[c])
     h_in = torch.stack(carried, dim=-1)
     y = y + torch.einsum("tbkdnc,bkdnc->bkdct", Cc * torch.exp(dA.cumsum(0)), h_in)
 
