@@ -586,13 +586,20 @@ def write_explanations(
             }
 
             def score(images: torch.Tensor, i: int = i) -> torch.Tensor:
-                with autocast(images.device, attrs["precision"]):
+                with torch.no_grad(), autocast(images.device, attrs["precision"]):
                     logits = model(images).float()
                 return torch.softmax(logits, -1)[:, predicted[i]]
 
+            # In the run's batches; the unperturbed image is scored once, not per map and order.
+            batch = attrs["batch_size"]
+            clean = score(pixels[i : i + 1]).item()
             for t, name in enumerate(run.tests):
                 curves = explain.perturbation_curves(
-                    score, pixels[i], candidates[name].reshape(grid).to(pixels.device)
+                    score,
+                    pixels[i],
+                    candidates[name].reshape(grid).to(pixels.device),
+                    batch=batch,
+                    clean=clean,
                 )
                 faithfulness[i, t] = np.stack(curves)
     results = (

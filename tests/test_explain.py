@@ -86,6 +86,36 @@ def test_perturbation_curves_of_a_known_score():
     assert metrics.curve_area(flat, explain.FRACTIONS) == pytest.approx(0.7)
 
 
+def test_perturbation_curves_in_batches_and_with_a_known_clean_score():
+    """Scored a few images at a time, or with the unperturbed image's score given, the
+    curves are those of one call: ``score`` sees every perturbed image once and the clean
+    image never when its score is given."""
+    torch.manual_seed(0)
+    weights = torch.randn(6, 6, dtype=torch.float64)
+    image = torch.randn(3, 12, 18, dtype=torch.float64)
+    direction = torch.randn(3, 12, 18, dtype=torch.float64)
+    seen = []
+
+    def score(images):
+        seen.append(len(images))
+        return torch.tanh((images * direction).sum((-3, -2, -1)))
+
+    expected = explain.perturbation_curves(score, image, weights)
+    assert seen == [2 * len(explain.FRACTIONS)]
+    clean = score(image[None]).item()
+    seen.clear()
+    got = explain.perturbation_curves(score, image, weights, batch=3, clean=clean)
+    assert max(seen) <= 3 and sum(seen) == 2 * (len(explain.FRACTIONS) - 1)
+    for curve, want in zip(got, expected, strict=True):
+        assert curve[0] == clean
+        np.testing.assert_allclose(curve, want, rtol=1e-12)
+    seen.clear()
+    batched = explain.perturbation_curves(score, image, weights, batch=4)
+    assert seen == [4] * 5
+    for curve, want in zip(batched, expected, strict=True):
+        np.testing.assert_allclose(curve, want, rtol=1e-12)
+
+
 def test_cell_mask_tiles_the_image():
     cells = torch.arange(6.0).view(2, 3)
     mask = explain.cell_mask(cells, (5, 7))
