@@ -80,22 +80,32 @@ def downsampling(coarse: tuple[int, int], fine: tuple[int, int]) -> Tensor:
 _PROPAGATE_ELEMENTS = 2**19
 
 
-def propagate(relevance: Tensor, blocks: Iterable[Tensor]) -> Tensor:
+def propagate(
+    relevance: Tensor,
+    blocks: Iterable[Tensor],
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """relevance · Â_last ⋯ Â_first, one vector-matrix product per block (never the L x L
     rollout itself): ``relevance`` r(B, L) over the last block's outputs, ``blocks`` their
-    non-negative r(B, L, L) matrices, **last block first** (they may be made one at a time).
+    r(B, L, L) matrices, **last block first** (they may be made one at a time), non-negative
+    or made so by ``transform`` (an element-wise function such as ``torch.abs``, not in place).
 
-    In ``relevance``'s dtype, without an L x L temporary: with s = rowsum(A) + 1 and
-    w = relevance / s, relevance · rownorm(A + I) = w · A + w, and w · A is summed over
-    blocks of rows, each converted on its own.
+    In ``relevance``'s dtype, in one pass over each matrix and without an L x L temporary:
+    with s = rowsum(A) + 1 and w = relevance / s, relevance · rownorm(A + I) = w · A + w,
+    and both s and w · A are summed over blocks of rows, each converted (and transformed)
+    on its own while it is in the cache.
     """
     for matrix in blocks:
         rows = max(1, _PROPAGATE_ELEMENTS // matrix.shape[-1])
-        weights = relevance / (matrix.sum(-1, dtype=relevance.dtype) + 1)
+        weights = torch.empty_like(relevance)
         product = torch.zeros_like(relevance)
         for start in range(0, matrix.shape[-2], rows):
             part = matrix[:, start : start + rows].to(relevance.dtype)
-            product += (weights[:, None, start : start + rows] @ part)[:, 0]
+            if transform is not None:
+                part = transform(part)
+            part_weights = relevance[:, start : start + rows] / (part.sum(-1) + 1)
+            weights[:, start : start + rows] = part_weights
+            product += (part_weights[:, None, :] @ part)[:, 0]
         relevance = product + weights
     return relevance
 
@@ -105,6 +115,7 @@ def stage_rollout(
     grids: Sequence[tuple[int, int]],
     batch: int,
     device: torch.device | str = "cpu",
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """VMamba's map: r(B, L0) over the first stage's patches, the mean row of
     R_S · M_S ⋯ M_1 · R_0 (R_s the rollout of stage s's blocks, M_s stage s's coarse patches
@@ -117,12 +128,13 @@ def stage_rollout(
     grids : per stage, its grid (H, W)
     batch : B
     device : where the matrices are
+    transform : applied to the matrices, as :func:`propagate` does
     """
     last = grids[-1][0] * grids[-1][1]
     # The classifier averages the last stage's patches.
     relevance = torch.full((batch, last), 1 / last, dtype=torch.float64, device=device)
     for index in range(len(stages) - 1, -1, -1):
-        relevance = propagate(relevance, stages[index])
+        relevance = propagate(relevance, stages[index], transform)
         if index:
             spread = downsampling(grids[index], grids[index - 1]).to(device)
             relevance = relevance @ spread
@@ -158,24 +170,29 @@ def relevance_maps(
         def attention(stage: int, block: int) -> Tensor:
             return cap.item_attention(stage, block, reduce=channels, **options)
 
-    kinds = {"rollout": lambda s, b: attention(s, b).abs()}
+    # Each kind: its matrices, and what makes them non-negative (applied a few rows at a
+    # time by propagate: a whole transformed copy of a stage-0 matrix costs more).
+    kinds = {"rollout": (attention, torch.abs)}
     if all(address in cap.gradients for address in addresses):
-        kinds["attribution"] = lambda s, b: cap.attribution(s, b, **options).clamp(min=0)
+        kinds["attribution"] = (
+            lambda s, b: cap.attribution(s, b, **options),
+            lambda part: part.clamp(min=0),
+        )
     first = cap.inputs(0, 0)
     batch, device = first.delta.shape[0], first.delta.device
     maps = {}
-    for name, matrix in kinds.items():
+    for name, (matrix, transform) in kinds.items():
         per_stage = [_last_first(matrix, s, blocks[s]) for s in stages]
         if isinstance(first, VimScanInputs):  # the classifier reads the CLS token
             tokens = first.routes.shape[1]
             start = torch.zeros(batch, tokens, dtype=torch.float64, device=device)
             start[:, first.cls_token] = 1.0
-            relevance = propagate(start, per_stage[0])[:, : first.cls_token]
+            relevance = propagate(start, per_stage[0], transform)[:, : first.cls_token]
             # No attention at all leaves everything on the CLS token: then zeros, not NaN.
             maps[name] = relevance / relevance.sum(-1, keepdim=True).clamp_min(1e-300)
         else:
             grids = [cap.inputs(s, 0).grid for s in stages]
-            maps[name] = stage_rollout(per_stage, grids, batch, device)
+            maps[name] = stage_rollout(per_stage, grids, batch, device, transform)
     return maps
 
 

@@ -143,6 +143,17 @@ def test_propagate_in_row_blocks_converts_float32_matrices_without_losing_float6
     torch.testing.assert_close(relevance, expected, rtol=1e-12, atol=0)
 
 
+def test_propagate_transforms_each_block_of_rows(monkeypatch):
+    """A transform (|.|) applied to a few rows at a time equals the transformed matrices."""
+    monkeypatch.setattr(explain, "_PROPAGATE_ELEMENTS", 14)
+    signed = [b - 0.5 for b in random_blocks(3, L=7, B=2)]
+    start = torch.softmax(torch.randn(2, 7, dtype=torch.float64), -1)
+    expected = explain.propagate(start, [b.abs() for b in signed[::-1]])
+    got = explain.propagate(start, signed[::-1], torch.abs)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert not torch.allclose(explain.propagate(start, signed[::-1]), expected)
+
+
 def test_relevance_maps_take_the_matrices_extraction_supplies_once_per_block():
     torch.manual_seed(3)
     model = models.build("vmamba-micro", num_classes=4)
