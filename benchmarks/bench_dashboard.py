@@ -37,7 +37,12 @@
    longest first render, the server's and the whole machine's CPU seconds, and the
    server's resident memory once the closed sessions have ended (targets: all drawn,
    longest first render <= 10 s, memory after the last round within 20 MB of after the
-   first).
+   first). Then, on the same (warm) server, users one at a time: the CPU seconds one first
+   render costs the browser (every process this script started but the server: Chromium
+   and its driver) and the server, and the least time N first renders at once then take on
+   this machine's cores: N x (browser + server) / cores, as if nothing else ran and no
+   core were ever idle. Where that bound exceeds 10 s the target cannot be met with the
+   browsers on the server's machine, whatever the server does.
 
     python benchmarks/bench_dashboard.py                  # builds a stage-0 run (~30 s)
     python benchmarks/bench_dashboard.py --run runs/NAME  # any run with a 56x56 stage 0
@@ -417,6 +422,55 @@ async def one_user(browser: Browser, url: str, user: int, grid: tuple[int, int])
         await context.close()
 
 
+def browser_cpu(server: psutil.Process) -> float:
+    """CPU seconds of the processes this script started, but ``server``, that are alive:
+    the browser (Chromium's processes) and its driver."""
+    total = 0.0
+    for process in psutil.Process().children(recursive=True):
+        if process.pid == server.pid:
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # ended between the list and the read
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def one_at_a_time(
+    browser: Browser, url: str, server: psutil.Process, users: int, repeats: int = 3
+) -> None:
+    """``--sessions``, last: ``repeats`` users one after the other, each first render's CPU
+    seconds in the browser and the server, and the bound they set for ``users`` at once."""
+    renders, costs = [], []
+    for _ in range(repeats):
+        context = await browser.new_context(viewport={"width": 1400, "height": 1100})
+        browser_before, server_before = browser_cpu(server), sum(server.cpu_times()[:2])
+        started = time.perf_counter()
+        page = await context.new_page()
+        await page.goto(url, timeout=RENDER_TIMEOUT_MS)
+        await page.wait_for_function(DRAWN_JS, timeout=RENDER_TIMEOUT_MS, polling=50)
+        renders.append(time.perf_counter() - started)
+        costs.append(
+            (browser_cpu(server) - browser_before, sum(server.cpu_times()[:2]) - server_before)
+        )
+        await context.close()
+        await asyncio.sleep(SESSIONS_END_S)
+    in_browser = statistics.median(cost[0] for cost in costs)
+    in_server = statistics.median(cost[1] for cost in costs)
+    cores = psutil.cpu_count()
+    bound = users * (in_browser + in_server) / cores
+    print(
+        f"one user at a time ({repeats}): first render {spread(renders)}; per first render "
+        f"the browser {in_browser:.1f} CPU s, the server {in_server:.1f} CPU s (medians); "
+        f"{users} at once need at least {users} x {in_browser + in_server:.1f} / {cores} "
+        f"cores = {bound:.1f} s before the last is drawn "
+        f"({'the 10 s target is out of reach here' if bound > 10 else 'within the 10 s target'}"
+        f"; {load()})",
+        flush=True,
+    )
+
+
 def spread(seconds: list[float]) -> str:
     if not seconds:
         return "none drawn"
@@ -466,6 +520,7 @@ async def users_at_once(runs: list[Path], users: int, rounds: int) -> None:
                     f"{memory[-1] / 2**20:.0f} MiB once the sessions ended ({load()})",
                     flush=True,
                 )
+            await one_at_a_time(browser, url, process, users)
             await browser.close()
     finally:
         server.terminate()
