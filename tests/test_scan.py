@@ -5,6 +5,7 @@ import torch
 
 from mambapanel.models.scan import (
     along_routes,
+    linear_recurrence,
     merge_routes,
     selective_scan,
     selective_scan_reference,
@@ -34,14 +35,48 @@ def test_chunked_scan_equals_recurrence(L, N, chunk):
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_chunked_scan_without_skip_and_its_gradient():
-    u, delta, A, B, C, _ = random_scan_inputs(L=23)
-    leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C)]
-    ref_leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C)]
-    selective_scan(*leaves, chunk=5).square().sum().backward()
-    selective_scan_reference(*ref_leaves).square().sum().backward()
-    for got, expected in zip(leaves, ref_leaves, strict=True):
-        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-10, atol=1e-10)
+@pytest.mark.parametrize(
+    ("L", "N", "chunk", "skip"),
+    [(23, 1, 5, False), (23, 1, None, True), (17, 3, 4, True), (9, 2, 50, False), (6, 1, 1, True)],
+)
+def test_chunked_scan_and_its_gradient_equal_the_recurrence(L, N, chunk, skip):
+    """The scan's own backward pass (one autograd node, the recurrence in reverse) against
+    autograd through the step-by-step recurrence: output and every input's gradient."""
+    u, delta, A, B, C, Dskip = random_scan_inputs(L=L, N=N)
+    inputs = (u, delta, A, B, C, Dskip) if skip else (u, delta, A, B, C)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    ref_leaves = [t.clone().requires_grad_() for t in inputs]
+    got = selective_scan(*leaves, chunk=chunk)
+    expected = selective_scan_reference(*ref_leaves)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(got.shape, dtype=got.dtype, generator=torch.Generator().manual_seed(1))
+    (got * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for got_leaf, expected_leaf in zip(leaves, ref_leaves, strict=True):
+        torch.testing.assert_close(got_leaf.grad, expected_leaf.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_the_scan_is_one_autograd_node_only_where_a_gradient_is_needed():
+    u, delta, A, B, C, _ = random_scan_inputs(L=12)
+    assert selective_scan(u, delta, A, B, C).grad_fn is None
+    y = selective_scan(u.requires_grad_(), delta, A, B, C)
+    assert type(y.grad_fn).__name__ == "_SelectiveScanBackward"
+    with torch.no_grad():
+        assert selective_scan(u, delta, A, B, C).grad_fn is None
+
+
+def test_linear_recurrence_equals_the_loop():
+    g = torch.Generator().manual_seed(4)
+    decay = torch.rand(3, 2, 29, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 2, 29, generator=g, dtype=torch.float64)
+    h, expected = torch.zeros(3, 2, dtype=torch.float64), []
+    for t in range(29):
+        h = decay[..., t] * h + x[..., t]
+        expected.append(h)
+    for chunk in (None, 1, 4, 29, 40):
+        torch.testing.assert_close(
+            linear_recurrence(decay, x, chunk), torch.stack(expected, -1), rtol=1e-12, atol=1e-12
+        )
 
 
 def test_long_sequence_float32_is_stable():
