@@ -11,16 +11,19 @@ shorter side, random horizontal flip, seed 0) into n distinct PNG files, so the 
 decodes and crops real files. Random weights (seed 0), all stages, the command's defaults
 (float32 matrices, explanations on) unless told otherwise.
 
-Three runs of n images on one local cluster: keep all and keep sketch (--keep-images 0:
-every image sketched only) without the perturbation test, and keep sketch with it on the
-first two images. The projection to n = 1000 with the command's defaults is then: 1000
-images at the rate of the run without the test, plus the test's own time per image for the
-first --faithfulness-images (64), and the disk of the image-mean matrices, 1000 images and,
-for keep sketch, the matrices of the first --keep-images (64).
-Fixed costs (building the model per task, creating and finalising the run) are counted as
-per-image time, so the projection is an upper bound. Memory is sampled every 0.2 s as the
-sum of the resident set of this process (client and scheduler) and of every process it
-started (nannies and workers).
+Five runs on one local cluster: keep all (n images) and keep sketch (--keep-images 0: every
+image sketched only; n / 2 and n images) without the perturbation test, keep sketch of n
+images without explanations (the attention alone, as the issue that set the targets knew
+the command), and keep sketch of n images with the test on the first shards, one per
+worker (so the workers test side by side, as in a long run). The two keep sketch runs give the time per image (their difference over the
+n / 2 images between them) apart from the fixed costs (the cluster's tasks, each building
+the model, creating and finalising the run); the test run less the plain one, over the
+tested images, the test's time per image with every worker testing. The projection to
+n = 1000 with the command's defaults is then: the fixed costs, 1000 images at that rate,
+the test's time for the first --faithfulness-images (64), and the disk of the image-mean
+matrices, 1000 images and, for keep sketch, the matrices of the first --keep-images (64).
+Memory is sampled every 0.2 s as the sum of the resident set of this process (client and
+scheduler) and of every process it started (nannies and workers).
 
 Blosc: every stored image-block chunk of the keep-all run, compressed on one thread with
 numcodecs Blosc zstd level 1 (bit-shuffle and byte-shuffle), against writing it raw; the
@@ -109,14 +112,15 @@ def image_bytes(run: Path) -> int:
     return directory_bytes(run) - fixed
 
 
-def run_once(args, client: Client, folder: Path, out: Path, **options) -> dict:
-    """One extraction of ``args.n`` images on the cluster of ``client``."""
+def run_once(args, client: Client, folder: Path, out: Path, n: int, **options) -> dict:
+    """One extraction of the first ``n`` images of ``folder`` on the cluster of ``client``."""
     with PeakMemory() as memory:
         started = time.perf_counter()
         extract(
             out,
             model=args.model,
             image_source=str(folder),
+            n=n,
             image_size=args.size,
             dtype=args.dtype,
             shard_size=args.shard_size,
@@ -171,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vmamba-tiny-s1l8")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--n", type=int, default=8, help="images per run (default 8)")
+    parser.add_argument("--n", type=int, default=16, help="images per run (default 16)")
     parser.add_argument("--dtype", default="float32", choices=store.DTYPES)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument(
@@ -182,6 +186,8 @@ def main() -> None:
     )
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     args = parser.parse_args()
+    if args.n < 2:
+        parser.error("--n must be at least 2 (the time per image is measured between n / 2 and n)")
     args.shard_size = args.shard_size or max(1, args.n // 4)
 
     with (
@@ -201,47 +207,73 @@ def main() -> None:
             f"cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, load {load:.1f}"
         )
         plain = {"faithfulness_images": 0}
-        tested = min(args.n, 2)
+        half = max(1, args.n // 2)
+        tested = min(args.n, workers * args.shard_size)  # the first shard of each worker
         runs = {
-            "keep all": dict(keep="all", **plain),
-            "keep sketch": dict(keep="sketch", keep_images=0, **plain),
-            "keep sketch, test": dict(keep="sketch", keep_images=0, faithfulness_images=tested),
+            "keep all": (args.n, dict(keep="all", **plain)),
+            "keep sketch, n / 2": (half, dict(keep="sketch", keep_images=0, **plain)),
+            "keep sketch": (args.n, dict(keep="sketch", keep_images=0, **plain)),
+            "keep sketch, attention only": (
+                args.n,
+                dict(keep="sketch", keep_images=0, explanations=False, **plain),
+            ),
+            "keep sketch, test": (
+                args.n,
+                dict(keep="sketch", keep_images=0, faithfulness_images=tested),
+            ),
         }
         results = {}
-        for name, options in runs.items():
-            out = work / name.replace(" ", "-").replace(",", "")
-            results[name] = result = run_once(args, client, work / "images", out, **options)
+        for name, (n, options) in runs.items():
+            out = work / name.replace(" ", "-").replace(",", "").replace("/", "")
+            results[name] = result = run_once(args, client, work / "images", out, n, **options)
             print(
-                f"{name + ':':<19} {result['seconds']:7.1f} s  "
-                f"{args.n / result['seconds']:6.3f} images/s  disk "
-                f"{result['image_bytes'] / args.n / 2**20:8.2f} MiB/image  peak RSS "
+                f"{name + ':':<20} {n:3d} images {result['seconds']:7.1f} s  "
+                f"{n / result['seconds']:6.3f} images/s  disk "
+                f"{result['image_bytes'] / n / 2**20:8.2f} MiB/image  peak RSS "
                 f"{result['peak'] / 2**30:5.2f} GiB",
                 flush=True,
             )
 
-        per_image = {name: result["seconds"] / args.n for name, result in results.items()}
         seconds = {name: result["seconds"] for name, result in results.items()}
+        # Per image from the two keep sketch runs; what is left of a run is fixed.
+        rate = max(0.0, seconds["keep sketch"] - seconds["keep sketch, n / 2"]) / (args.n - half)
+        fixed = max(0.0, seconds["keep sketch"] - args.n * rate)
+        per_image = {
+            "keep all": max(0.0, seconds["keep all"] - fixed) / args.n,
+            "keep sketch": rate,
+            "keep sketch, attention only": max(0.0, seconds["keep sketch, attention only"] - fixed)
+            / args.n,
+        }
         test = max(0.0, seconds["keep sketch, test"] - seconds["keep sketch"]) / tested
         full = results["keep all"]["image_bytes"] / args.n
         sketch = results["keep sketch"]["image_bytes"] / args.n
-        fixed = results["keep all"]["bytes"] - results["keep all"]["image_bytes"]
+        disk_fixed = results["keep all"]["bytes"] - results["keep all"]["image_bytes"]
         layouts = store.read_run(work / "keep-all").layouts
         scratch = sum(
             sizes["partial_sum"]
             for sizes in store.bytes_needed(layouts, PROJECTED, args.dtype, SHARD_SIZE).values()
         )
         print(
-            f"perturbation test: {test:.1f} s per image beyond the extraction "
-            f"(run on the first {FAITHFULNESS_IMAGES} images by default)"
+            f"per image: keep all {per_image['keep all']:.2f} s, keep sketch {rate:.2f} s, "
+            f"keep sketch without explanations {per_image['keep sketch, attention only']:.2f} s "
+            f"({workers} workers); fixed costs of a run {fixed:.1f} s"
         )
-        for name, disk in (
-            ("keep all", fixed + PROJECTED * full),
-            ("keep sketch", fixed + PROJECTED * sketch + KEEP_IMAGES * (full - sketch)),
+        print(
+            f"perturbation test: {test:.1f} s per image beyond the extraction, {workers} "
+            f"workers testing (run on the first {FAITHFULNESS_IMAGES} images by default)"
+        )
+        sketch_disk = disk_fixed + PROJECTED * sketch + KEEP_IMAGES * (full - sketch)
+        for name, disk, tested_images, note in (
+            ("keep all", disk_fixed + PROJECTED * full, FAITHFULNESS_IMAGES, ""),
+            ("keep sketch", sketch_disk, FAITHFULNESS_IMAGES, ""),
+            # The issue's scope: the attention alone, as the run was before explanations
+            # (their backward pass, attribution, rollout and perturbation test) came.
+            ("keep sketch, attention only", sketch_disk, 0, ", --no-explanations"),
         ):
-            minutes = (PROJECTED * per_image[name] + FAITHFULNESS_IMAGES * test) / 60
+            minutes = (fixed + PROJECTED * per_image[name] + tested_images * test) / 60
             print(
                 f"projected n = {PROJECTED}, {name} (defaults: --keep-images {KEEP_IMAGES}, "
-                f"--sketch-dim {SKETCH_DIM}, --faithfulness-images {FAITHFULNESS_IMAGES}): "
+                f"--sketch-dim {SKETCH_DIM}, --faithfulness-images {tested_images}{note}): "
                 f"{minutes:.0f} min, disk {disk / 1e9:.2f} GB, plus up to {scratch / 1e9:.1f} "
                 f"GB of scratch sums while running (--shard-size {SHARD_SIZE})"
             )
