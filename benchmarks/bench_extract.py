@@ -2,8 +2,8 @@
 peak resident memory of runs that keep every matrix (--keep all) and runs that keep sketches
 (--keep sketch), the projection to n = 1000, and the Blosc zstd measurement of the matrices.
 
-    python benchmarks/bench_extract.py                          # tiny-s1l8, 224 px, n = 8
-    python benchmarks/bench_extract.py --n 2 --size 64          # a quick check
+    python benchmarks/bench_extract.py                          # tiny-s1l8, 224 px, n = 64
+    python benchmarks/bench_extract.py --n 4 --shard-size 1 --size 64   # a quick check
     python benchmarks/bench_extract.py --device cuda --workers 1
 
 Images: the two packaged demo photographs, augmented (random crop of 50-100 % of the
@@ -11,14 +11,16 @@ shorter side, random horizontal flip, seed 0) into n distinct PNG files, so the 
 decodes and crops real files. Random weights (seed 0), all stages, the command's defaults
 (float32 matrices, explanations on) unless told otherwise.
 
-Five runs on one local cluster: keep all (n images) and keep sketch (--keep-images 0: every
-image sketched only; n / 2 and n images) without the perturbation test, keep sketch of n
-images without explanations (the attention alone, as the issue that set the targets knew
-the command), and keep sketch of n images with the test on the first shards, one per
-worker (so the workers test side by side, as in a long run). The two keep sketch runs give the time per image (their difference over the
-n / 2 images between them) apart from the fixed costs (the cluster's tasks, each building
-the model, creating and finalising the run); the test run less the plain one, over the
-tested images, the test's time per image with every worker testing. The projection to
+Six runs on one local cluster, in shards of the command's default size (16 images: each
+shard also writes its float64 sums, about 2 s for tiny-s1l8, so smaller shards would cost
+more per image than a real run's): keep all (n images) and keep sketch (--keep-images 0:
+every image sketched only; n / 2 and n images) without the perturbation test, keep sketch of
+n images without explanations (the attention alone, as the issue that set the targets knew
+the command), and two runs of 2 images per worker in shards of one image, with and without
+the test of every image (so the workers test side by side, as in a long run). The two keep
+sketch runs give the time per image (their difference over the n / 2 images between them)
+apart from the fixed costs (creating and finalising the run, the cluster's first tasks);
+the two small runs the test's time per image with every worker testing. The projection to
 n = 1000 with the command's defaults is then: the fixed costs, 1000 images at that rate,
 the test's time for the first --faithfulness-images (64), and the disk of the image-mean
 matrices, 1000 images and, for keep sketch, the matrices of the first --keep-images (64).
@@ -112,7 +114,9 @@ def image_bytes(run: Path) -> int:
     return directory_bytes(run) - fixed
 
 
-def run_once(args, client: Client, folder: Path, out: Path, n: int, **options) -> dict:
+def run_once(
+    args, client: Client, folder: Path, out: Path, n: int, shard_size: int, **options
+) -> dict:
     """One extraction of the first ``n`` images of ``folder`` on the cluster of ``client``."""
     with PeakMemory() as memory:
         started = time.perf_counter()
@@ -121,9 +125,9 @@ def run_once(args, client: Client, folder: Path, out: Path, n: int, **options) -
             model=args.model,
             image_source=str(folder),
             n=n,
+            shard_size=shard_size,
             image_size=args.size,
             dtype=args.dtype,
-            shard_size=args.shard_size,
             device=args.device,
             scheduler=client.scheduler.address,
             progress=False,
@@ -175,20 +179,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vmamba-tiny-s1l8")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--n", type=int, default=16, help="images per run (default 16)")
+    parser.add_argument("--n", type=int, default=64, help="images per run (default 64)")
     parser.add_argument("--dtype", default="float32", choices=store.DTYPES)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument(
         "--workers", type=int, default=None, help="local workers (default: 2; one per GPU)"
     )
     parser.add_argument(
-        "--shard-size", type=int, default=None, help="default n / 4: every worker gets work"
+        "--shard-size", type=int, default=SHARD_SIZE, help=f"default {SHARD_SIZE}, the command's"
     )
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     args = parser.parse_args()
     if args.n < 2:
         parser.error("--n must be at least 2 (the time per image is measured between n / 2 and n)")
-    args.shard_size = args.shard_size or max(1, args.n // 4)
 
     with (
         tempfile.TemporaryDirectory(dir=args.dir) as work,
@@ -207,25 +210,32 @@ def main() -> None:
             f"cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, load {load:.1f}"
         )
         plain = {"faithfulness_images": 0}
+        sketched = {"keep": "sketch", "keep_images": 0}  # every image sketched only
         half = max(1, args.n // 2)
-        tested = min(args.n, workers * args.shard_size)  # the first shard of each worker
+        tested = 2 * workers  # in shards of one image: every worker tests two
+        if half < workers * args.shard_size:
+            print(
+                f"note: n / 2 = {half} images are fewer than one shard of {args.shard_size} per "
+                f"worker: the time per image is then not that of a long run"
+            )
         runs = {
-            "keep all": (args.n, dict(keep="all", **plain)),
-            "keep sketch, n / 2": (half, dict(keep="sketch", keep_images=0, **plain)),
-            "keep sketch": (args.n, dict(keep="sketch", keep_images=0, **plain)),
+            "keep all": (args.n, args.shard_size, dict(keep="all", **plain)),
+            "keep sketch, n / 2": (half, args.shard_size, dict(**sketched, **plain)),
+            "keep sketch": (args.n, args.shard_size, dict(**sketched, **plain)),
             "keep sketch, attention only": (
                 args.n,
-                dict(keep="sketch", keep_images=0, explanations=False, **plain),
+                args.shard_size,
+                dict(**sketched, explanations=False, **plain),
             ),
-            "keep sketch, test": (
-                args.n,
-                dict(keep="sketch", keep_images=0, faithfulness_images=tested),
-            ),
+            "small, no test": (tested, 1, dict(**sketched, **plain)),
+            "small, test": (tested, 1, dict(**sketched, faithfulness_images=tested)),
         }
         results = {}
-        for name, (n, options) in runs.items():
+        for name, (n, shard_size, options) in runs.items():
             out = work / name.replace(" ", "-").replace(",", "").replace("/", "")
-            results[name] = result = run_once(args, client, work / "images", out, n, **options)
+            results[name] = result = run_once(
+                args, client, work / "images", out, n, shard_size=shard_size, **options
+            )
             print(
                 f"{name + ':':<20} {n:3d} images {result['seconds']:7.1f} s  "
                 f"{n / result['seconds']:6.3f} images/s  disk "
@@ -244,7 +254,7 @@ def main() -> None:
             "keep sketch, attention only": max(0.0, seconds["keep sketch, attention only"] - fixed)
             / args.n,
         }
-        test = max(0.0, seconds["keep sketch, test"] - seconds["keep sketch"]) / tested
+        test = max(0.0, seconds["small, test"] - seconds["small, no test"]) / tested
         full = results["keep all"]["image_bytes"] / args.n
         sketch = results["keep sketch"]["image_bytes"] / args.n
         disk_fixed = results["keep all"]["bytes"] - results["keep all"]["image_bytes"]
