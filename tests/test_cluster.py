@@ -1,6 +1,7 @@
-"""Every step on a real Dask cluster: one GPU per worker, torch threads pinned and given
-back, workers that lack shared storage named, a lost scheduler reported in one line with the
-command that resumes, and reduce and findings computed on the workers."""
+"""Every step on a real Dask cluster: one GPU per worker, torch threads and malloc
+thresholds set and given back, workers that lack shared storage named, a lost scheduler
+reported in one line with the command that resumes, and reduce and findings computed on
+the workers."""
 
 import os
 import shlex
@@ -22,7 +23,7 @@ from test_extract import count_done
 
 from compute import demo
 from compute.__main__ import main
-from compute.cluster import LOCAL_HTTP, TORCH_THREADS_PLUGIN, connect, gpu_cluster
+from compute.cluster import LOCAL_HTTP, WORKER_PLUGIN, connect, gpu_cluster
 from mambapanel import store
 from mambapanel.errors import OptionError
 from mambapanel.findings.record import read_findings
@@ -47,6 +48,29 @@ def test_a_gpu_cluster_gives_each_worker_its_own_device():
         gpu_cluster(3, ["0", "1"])
 
 
+def big_malloc_is_mapped() -> bool:
+    """Whether glibc serves a 4 MiB malloc from a mapping of its own (mallinfo2's count of
+    mapped chunks): so with a fixed 128 KiB threshold (as Dask's nanny leaves it), not with
+    the 32 MiB that WorkerSettings sets."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                         "fsmblks", "uordblks", "fordblks", "keepcost")
+        ]  # fmt: skip
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    before = libc.mallinfo2().hblks
+    pointer = libc.malloc(4 * 2**20)
+    mapped = libc.mallinfo2().hblks > before
+    libc.free(ctypes.c_void_p(pointer))
+    return mapped
+
+
 def test_torch_threads_are_pinned_under_one_name_and_given_back_when_the_client_leaves():
     with (
         LocalCluster(
@@ -55,6 +79,8 @@ def test_torch_threads_are_pinned_under_one_name_and_given_back_when_the_client_
         Client(cluster) as outside,
     ):
         outside.run(torch.set_num_threads, 3)  # the workers' own setting
+        assert outside.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").popitem()[1] == "65536"
+        assert outside.run(big_malloc_is_mapped).popitem()[1]  # the nanny's thresholds
 
         def plugins():
             return outside.run_on_scheduler(
@@ -65,13 +91,15 @@ def test_torch_threads_are_pinned_under_one_name_and_given_back_when_the_client_
         for _ in range(2):  # a client after another registers it anew
             with connect(cluster.scheduler_address) as client:
                 assert set(client.run(torch.get_num_threads).values()) == {1}
-                assert plugins() == sorted([*before, TORCH_THREADS_PLUGIN])
+                assert not any(client.run(big_malloc_is_mapped).values())
+                assert plugins() == sorted([*before, WORKER_PLUGIN])
                 with connect(cluster.scheduler_address):  # a client beside it: no second one
-                    assert plugins() == sorted([*before, TORCH_THREADS_PLUGIN])
+                    assert plugins() == sorted([*before, WORKER_PLUGIN])
                 # ... and its leaving leaves the first client's workers pinned
                 assert set(client.run(torch.get_num_threads).values()) == {1}
-                assert plugins() == sorted([*before, TORCH_THREADS_PLUGIN])
+                assert plugins() == sorted([*before, WORKER_PLUGIN])
             assert set(outside.run(torch.get_num_threads).values()) == {3}
+            assert all(outside.run(big_malloc_is_mapped).values())  # given back
             assert plugins() == before
 
 
