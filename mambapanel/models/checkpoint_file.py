@@ -131,13 +131,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file, *args, **kwargs)
         if not hasattr(self, "stand_ins"):  # a subclass may share one set between pickles
             self.stand_ins = set()
+        self.allowed = _allowed_globals()  # once per pickle, not per global it names
 
     def find_class(self, module: str, name: str) -> Any:
         # Python 2 names, as pickle itself maps them (protocols 0-2 write `__builtin__`).
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        allowed = _allowed_globals().get(f"{module}.{name}")
+        allowed = self.allowed.get(f"{module}.{name}")
         if allowed is not None:
             return allowed
         if _is_code_running(module, name):
