@@ -45,13 +45,17 @@ class ClusterError(MambapanelError, RuntimeError):
     lack the device asked for. The message names the worker, the path or the cause."""
 
 
-def _mallopt(parameter: int, value: int) -> bool:
-    """glibc's ``mallopt``; False where there is none (another C library) or it refuses."""
+def _glibc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(parameter, value))
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # another C library
+        return None
+
+
+def _mallopt(parameter: int, value: int) -> bool:
+    """glibc's ``mallopt``; False where there is none or it refuses."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(parameter, value))
 
 
 class WorkerSettings(WorkerPlugin):
@@ -64,7 +68,9 @@ class WorkerSettings(WorkerPlugin):
       dynamic rule, so every allocation above 128 KiB gets a fresh mapping of its own and
       every free returns it: torch's many-megabyte temporaries then fault in new pages all
       the time (an extraction of tiny-s1l8 took 5.3 instead of 3.3 s per image). Where the
-      environment sets it, the worker gets the thresholds that rule reaches instead.
+      environment sets it, the worker gets the thresholds that rule reaches instead, and
+      gives the free memory of its heaps back after each task (``malloc_trim``), which the
+      nanny's setting did all the time (without, a 2-worker extraction kept 9.5 GiB).
 
     Registered once per cluster, under one fixed name, by the first client that finds it
     missing (:func:`connect`); its teardown (that client unregisters it on leaving) gives
@@ -83,9 +89,16 @@ class WorkerSettings(WorkerPlugin):
         if _threads_before is None:
             _threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
-        if "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        self.trim = "MALLOC_TRIM_THRESHOLD_" in os.environ
+        if self.trim:
             _mallopt(M_MMAP_THRESHOLD, MMAP_BYTES)
             _mallopt(M_TRIM_THRESHOLD, TRIM_BYTES)
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish == "memory" and getattr(self, "trim", False):  # a task has finished
+            libc = _glibc()
+            if libc is not None:
+                libc.malloc_trim(0)
 
     def teardown(self, worker: Worker) -> None:
         import torch

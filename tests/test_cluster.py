@@ -71,6 +71,26 @@ def big_malloc_is_mapped() -> bool:
     return mapped
 
 
+def fragment_the_heap() -> tuple[int, object]:
+    """Frees 25 blocks of 8 MiB (filled: resident) under a small block that stays (the
+    result, held by the worker): glibc keeps that memory unless it is trimmed. The resident
+    set while they were held, and the small block."""
+    import numpy as np
+    import psutil
+
+    blocks = [np.ones(2**20) for _ in range(25)]
+    held = np.ones(16)
+    resident = psutil.Process().memory_info().rss
+    del blocks
+    return resident, held
+
+
+def resident_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 def test_torch_threads_are_pinned_under_one_name_and_given_back_when_the_client_leaves():
     with (
         LocalCluster(
@@ -92,6 +112,12 @@ def test_torch_threads_are_pinned_under_one_name_and_given_back_when_the_client_
             with connect(cluster.scheduler_address) as client:
                 assert set(client.run(torch.get_num_threads).values()) == {1}
                 assert not any(client.run(big_malloc_is_mapped).values())
+                # ... and the memory a task frees goes back to the system when it ends
+                held = client.submit(fragment_the_heap, pure=False)
+                peak = held.result()[0]
+                after = client.submit(resident_bytes, pure=False).result()
+                assert peak - after > 150 * 2**20, (peak, after)
+                del held
                 assert plugins() == sorted([*before, WORKER_PLUGIN])
                 with connect(cluster.scheduler_address):  # a client beside it: no second one
                     assert plugins() == sorted([*before, WORKER_PLUGIN])
