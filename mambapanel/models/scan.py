@@ -83,6 +83,27 @@ def _chunk_length(L: int, chunk: int | None) -> int:
     return max(1, min(chunk or round(L**0.5), L))
 
 
+def _steps_first(z: Tensor, T: int) -> Tensor:
+    """r(..., L) -> r(T, ..., nc), position t of chunk c: step-within-chunk first, so that
+    each loop step reads one contiguous slab; zero-padded at the end (Δ = 0, u = 0, B = 0
+    there cannot reach the real, earlier steps)."""
+    pad = (-z.shape[-1]) % T
+    if pad:
+        z = F.pad(z, (0, pad))
+    return z.reshape(*z.shape[:-1], -1, T).movedim(-1, 0).contiguous()
+
+
+def _chunk_entries(decay: Tensor, h: Tensor) -> Tensor:
+    """The state entering each chunk, r(..., nc): carried across the chunks from ``h``,
+    r(..., nc), each chunk's last state scanned from zero, through ``decay``, r(T, ..., nc)."""
+    chunk_decay = decay.prod(0).unbind(-1)
+    h_end = h.unbind(-1)
+    carried = [torch.zeros_like(h_end[0])]
+    for c in range(len(h_end) - 1):
+        carried.append(chunk_decay[c] * carried[-1] + h_end[c])
+    return torch.stack(carried, dim=-1)
+
+
 def _scan_output(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int | None
 ) -> Tensor:
@@ -92,21 +113,10 @@ def _scan_output(
     tiny-s1l8 took 0.71 instead of 0.60 s per image (one thread, batch 8)."""
     Bt, K, Dm, L = u.shape
     T = _chunk_length(L, chunk)
-    pad = (-L) % T
-    if pad:
-        # Padding at the end (Δ = 0, u = 0, B = 0) cannot reach the real, earlier steps.
-        u, delta = F.pad(u, (0, pad)), F.pad(delta, (0, pad))
-        B, C = F.pad(B, (0, pad)), F.pad(C, (0, pad))
-    nc = (L + pad) // T
-
-    # Step-within-chunk first, so that each loop step reads one contiguous slab.
-    # Shapes (T, Bt, K, D, N, nc): position t of chunk c.
-    def steps_first(z: Tensor) -> Tensor:
-        return z.reshape(*z.shape[:-1], nc, T).movedim(-1, 0).contiguous()
-
-    dA = steps_first(delta[:, :, :, None, :] * A[None, :, :, :, None])
-    x = steps_first((delta * u)[:, :, :, None, :] * B[:, :, None, :, :])
-    Cc = steps_first(C[:, :, None, :, :])
+    # Shapes (T, Bt, K, D, N, nc).
+    dA = _steps_first(delta[:, :, :, None, :] * A[None, :, :, :, None], T)
+    x = _steps_first((delta * u)[:, :, :, None, :] * B[:, :, None, :, :], T)
+    Cc = _steps_first(C[:, :, None, :, :], T)
 
     decay = torch.exp(dA)
     h = torch.zeros_like(x[0])  # (Bt, K, D, N, nc)
@@ -115,13 +125,7 @@ def _scan_output(
         h = decay_t * h + x_t
         y_local.append((h * C_t).sum(3))
     y = torch.stack(y_local, dim=-1)  # (Bt, K, D, nc, T)
-
-    chunk_decay = decay.prod(0).unbind(-1)  # nc of (Bt, K, D, N)
-    h_end = h.unbind(-1)
-    carried = [torch.zeros_like(h_end[0])]  # the state entering chunk c
-    for c in range(nc - 1):
-        carried.append(chunk_decay[c] * carried[-1] + h_end[c])
-    h_in = torch.stack(carried, dim=-1)
+    h_in = _chunk_entries(decay, h)
     y = y + torch.einsum("tbkdnc,bkdnc->bkdct", Cc * torch.exp(dA.cumsum(0)), h_in)
     return y.reshape(Bt, K, Dm, -1)[..., :L]
 
@@ -131,27 +135,14 @@ def linear_recurrence(decay: Tensor, x: Tensor, chunk: int | None = None) -> Ten
     tensors, chunked as :func:`selective_scan` is: r(..., L)."""
     *lead, L = x.shape
     T = _chunk_length(L, chunk)
-    pad = (-L) % T
-    if pad:  # at the end: it cannot reach the real steps
-        decay, x = F.pad(decay, (0, pad)), F.pad(x, (0, pad))
-    nc = (L + pad) // T
-
-    def steps_first(z: Tensor) -> Tensor:  # (T, ..., nc)
-        return z.reshape(*lead, nc, T).movedim(-1, 0).contiguous()
-
-    decay, x = steps_first(decay), steps_first(x)
+    decay, x = _steps_first(decay, T), _steps_first(x, T)
     h = torch.zeros_like(x[0])
     local = []
     for decay_t, x_t in zip(decay.unbind(0), x.unbind(0), strict=True):
         h = decay_t * h + x_t
         local.append(h)
-    chunk_decay = decay.prod(0).unbind(-1)
-    h_end = h.unbind(-1)
-    carried = [torch.zeros_like(h_end[0])]  # the state entering chunk c
-    for c in range(nc - 1):
-        carried.append(chunk_decay[c] * carried[-1] + h_end[c])
-    states = torch.stack(local) + decay.cumprod(0) * torch.stack(carried, dim=-1)
-    return states.movedim(0, -1).reshape(*lead, nc * T)[..., :L]
+    states = torch.stack(local) + decay.cumprod(0) * _chunk_entries(decay, h)
+    return states.movedim(0, -1).reshape(*lead, -1)[..., :L]
 
 
 class _SelectiveScan(torch.autograd.Function):
