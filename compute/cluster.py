@@ -7,6 +7,7 @@ need; a lost scheduler as one line to resume.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ class ClusterError(MambapanelError, RuntimeError):
     lack the device asked for. The message names the worker, the path or the cause."""
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL("libc.so.6")
@@ -82,6 +84,7 @@ class WorkerSettings(WorkerPlugin):
 
     def __init__(self, threads: int = 1) -> None:
         self.threads = threads
+        self.trim = False  # set up where the nanny's threshold is in the environment
 
     def setup(self, worker: Worker) -> None:
         import torch
@@ -96,7 +99,7 @@ class WorkerSettings(WorkerPlugin):
             _mallopt(M_TRIM_THRESHOLD, TRIM_BYTES)
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish == "memory" and getattr(self, "trim", False):  # a task has finished
+        if finish == "memory" and self.trim:  # a task has finished
             libc = _glibc()
             if libc is not None:
                 libc.malloc_trim(0)
